@@ -1,0 +1,47 @@
+"""``dae-gen-sample``: draw samples from a trained run and write a grid (and optionally an ``.npz``).
+
+Examples::
+
+    dae-gen-sample run=outputs/2026-11-24/12-00-00 n_samples=64
+    dae-gen-sample run=outputs/my_run ++sampler.n_steps_each=20 save_npz=true
+    dae-gen-sample run=outputs/my_run sampler=temperature_langevin      # another sampler preset
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dae_gen.cli.common import CONFIG_DIR, draw_samples, load_run, resolve_device, run_sampler
+from dae_gen.viz import sample_saver
+
+
+def sample(cfg: DictConfig, out_dir: str | Path) -> Path:
+    device = resolve_device(cfg.device)
+    run_cfg, model, step = load_run(cfg.run, device=device, use_ema=cfg.use_ema)
+    sampler = run_sampler(run_cfg, cfg.get("sampler"))
+    samples = draw_samples(model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed, device=device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = instantiate(run_cfg.dataset)
+    grid = sample_saver(data)(samples, out_dir / "samples.png")
+    if cfg.save_npz:
+        payload = {"samples": samples.numpy(), "step": np.int64(step)}
+        if data.kind == "image":
+            payload["images_uint8"] = (data.to_unit(samples) * 255).round().byte().numpy()
+        np.savez_compressed(out_dir / "samples.npz", **payload)
+    return grid
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="sample", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    sample(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
