@@ -1,0 +1,166 @@
+"""The one trainer: resume determinism, clipping, EMA, NaN handling, checkpoint safety."""
+
+import json
+import math
+import pickle
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from dae_gen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dae_gen.data.toy import two_moons
+from dae_gen.nets.mlp import ScoreMLP
+from dae_gen.noise import geometric_sigmas
+from dae_gen.objectives.base import Objective
+from dae_gen.objectives.dsm import DenoisingScoreMatching
+from dae_gen.trainer import EMA, Trainer, TrainingDiverged, clip_gradients, cosine_schedule
+
+
+def make_trainer(run_dir, *, steps, ckpt_every=5, objective=None, **kwargs):
+    torch.manual_seed(123)  # the net's initial weights; the trainer then seeds its own RNG
+    objective = objective or DenoisingScoreMatching(net=partial(ScoreMLP, hidden=32, depth=2), data_shape=(2,),
+                                                    sigmas=geometric_sigmas(1.0, 0.05, 5))
+    return Trainer(objective=objective, data=two_moons(), run_dir=run_dir, steps=steps, batch_size=16,
+                   optimizer=partial(torch.optim.Adam, lr=1e-3),
+                   lr_schedule=partial(cosine_schedule, final_lr=1e-5), log_every=1, ckpt_every=ckpt_every,
+                   sample_every=0, progress=False, tensorboard=False, seed=7, **kwargs)
+
+
+def losses_of(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["loss/model"] for row in rows}
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
+    straight = make_trainer(tmp_path / "a", steps=20)
+    straight.fit()
+    # interrupted: a run that stops after 10 steps (its last checkpoint), then the same command again
+    first = make_trainer(tmp_path / "b", steps=20)
+    first.steps = 10  # simulate a run killed right after its step-10 checkpoint
+    first.fit()
+    resumed = make_trainer(tmp_path / "b", steps=20)
+    result = resumed.fit()
+    assert result["resumed"] == 1.0 and resumed.step == 20
+    a, b = losses_of(tmp_path / "a"), losses_of(tmp_path / "b")
+    assert sorted(b) == list(range(1, 21))
+    for step in range(1, 21):
+        assert a[step] == b[step], (step, a[step], b[step])
+    for p, q in zip(straight.objective.parameters(), resumed.objective.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_checkpoint_holds_named_state_and_loads_safely(tmp_path):
+    trainer = make_trainer(tmp_path, steps=5)
+    trainer.fit()
+    state = load_checkpoint(tmp_path)
+    assert state["step"] == 5
+    assert set(state) >= {"model", "ema", "optimizers", "schedulers", "rng", "config"}
+    assert set(state["optimizers"]) == {"model"}
+    assert any(key.startswith("net.") for key in state["model"])
+
+
+def test_missing_and_corrupt_checkpoints_raise_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    good = save_checkpoint({"step": 1, "model": {}, "ema": {}, "config": {}}, tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a dae_gen checkpoint"):
+        load_checkpoint(foreign)
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_hostile_checkpoint_is_refused_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = _Payload()
+    payload.marker = marker
+    hostile = tmp_path / "hostile.pt"
+    with open(hostile, "wb") as f:  # a torch.save-style file whose pickle runs os.system on load
+        torch.save({"format": "dae_gen.checkpoint/1", "step": 0, "model": {}, "ema": {}, "config": {},
+                    "evil": payload}, f)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(hostile)
+    assert not marker.exists()
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps(payload))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(raw)
+    assert not marker.exists()
+
+
+def test_clip_gradients_both_forms():
+    p = torch.nn.Parameter(torch.zeros(2))
+    for mode, gamma, expected_scale in [("norm", 1.0, 0.2), ("norm", 10.0, 1.0), ("soft", 5.0, 5 / 10)]:
+        p.grad = torch.tensor([3.0, 4.0])  # norm 5
+        norm = clip_gradients([p], max_norm=gamma, mode=mode)
+        assert norm.item() == pytest.approx(5.0)
+        assert torch.allclose(p.grad, torch.tensor([3.0, 4.0]) * expected_scale)
+
+
+def test_ema_is_an_exponential_average_after_warmup():
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        ema.module.weight.fill_(0.0)
+    ema.update(model, step=10_000)  # warm-up over: decay 0.9
+    assert ema.module.weight.item() == pytest.approx(0.1)
+    ema.update(model, step=0)  # first update: decay min(0.9, 1/10) = 0.1
+    assert ema.module.weight.item() == pytest.approx(0.1 * 0.1 + 0.9)
+
+
+class _Exploding(Objective):
+    def __init__(self):
+        super().__init__(data_shape=(2,))
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.calls = 0
+        self.register_buffer("sigma_levels", torch.tensor([1.0]))
+
+    def losses(self, phase, x):
+        self.calls += 1
+        value = (x * self.w).pow(2).sum(1)
+        return value * (float("nan") if self.calls > 7 else 1.0)
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, steps=20, objective=_Exploding())
+    with pytest.raises(TrainingDiverged, match="non-finite loss.*step 7"):
+        trainer.fit()
+    state = load_checkpoint(tmp_path)
+    assert state["step"] == 5 and torch.isfinite(state["model"]["w"]).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"steps": 0}, "steps must be at least 1"),
+    ({"steps": 5, "grad_clip": -1.0}, "grad_clip must be positive"),
+    ({"steps": 5, "amp": "fp8"}, "amp must be"),
+    ({"steps": 5, "phase_lr": {"generator": 1e-3}}, "phase_lr names phases"),
+])
+def test_bad_trainer_settings(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_trainer(tmp_path, **kwargs)
+
+
+def test_cosine_schedule_reaches_final_lr():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = cosine_schedule(opt, total_steps=100, final_lr=1e-3)
+    lrs = []
+    for _ in range(100):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[-1] == pytest.approx(1e-3)
+    assert lrs[49] == pytest.approx(1e-3 + 0.5 * (0.1 - 1e-3) * (1 + math.cos(math.pi * 0.5)), rel=1e-6)
