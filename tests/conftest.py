@@ -6,7 +6,8 @@ import torch
 
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# one thread per xdist worker (the suite runs with -n 2 on 2 cores); both cores for a plain run
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "configs")
