@@ -236,3 +236,19 @@ def write_fake_celeba(root: PathLike, *, n: int = 64, seed: int = 0, quality: in
     (directory / CELEBA_ATTRIBUTES).write_text(f"{n}\n" + " ".join(CELEBA_ATTRIBUTE_NAMES) + " \n"
                                                + "".join(attribute_rows))
     return sizes
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dae_gen.data.fakes DIR``: write fake CIFAR-10 and CelebA under DIR for the debug presets."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("root", help="folder to write cifar-10-batches-py/ and celeba/ into")
+    parser.add_argument("--n", type=int, default=200, help="images per fake dataset")
+    args = parser.parse_args(argv)
+    write_fake_cifar10(args.root, n_train=args.n, n_test=max(10, args.n // 5))
+    write_fake_celeba(args.root, n=args.n)
+
+
+if __name__ == "__main__":
+    main()
