@@ -28,7 +28,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     data = instantiate(cfg.dataset)
     model = instantiate(cfg.model, data_shape=list(data.shape))
     sampler = instantiate(cfg.sampler)
-    evaluator = instantiate(cfg.metrics, data=data, sampler=sampler) if cfg.get("metrics") else None
+    evaluator = instantiate(cfg.metrics)(data=data, sampler=sampler) if cfg.get("metrics") else None
     config = OmegaConf.to_container(cfg, resolve=True)
     config["data_shape"] = list(data.shape)
     run_dir = Path(run_dir)
