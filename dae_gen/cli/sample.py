@@ -13,6 +13,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +23,8 @@ from dae_gen.viz import sample_saver
 
 
 def sample(cfg: DictConfig, out_dir: str | Path) -> Path:
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
     run_cfg, model, step = load_run(cfg.run, device=device, use_ema=cfg.use_ema)
     sampler = run_sampler(run_cfg, cfg.get("sampler"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +25,8 @@ from dae_gen.viz import sample_saver
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Build data, model, sampler and trainer from a composed config and train in ``run_dir``."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     device = D.init_distributed(cfg.device)
     data = instantiate(cfg.dataset)
     model = instantiate(cfg.model, data_shape=list(data.shape))

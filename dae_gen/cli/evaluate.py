@@ -1,0 +1,98 @@
+"""``dae-gen-eval``: FID and KID of a trained run, or of saved samples, written to ``eval.json``.
+
+Examples::
+
+    dae-gen-eval run=outputs/my_run n_samples=10000                    # sample with the run's sampler
+    dae-gen-eval run=outputs/my_run ++sampler.n_steps_each=5 split=train
+    dae-gen-eval samples=outputs/my_run/samples_cli/x/samples.npz run=outputs/my_run
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dae_gen.checkpoint import load_checkpoint
+from dae_gen.cli.common import CONFIG_DIR, draw_samples, load_run, resolve_device, run_sampler
+from dae_gen.metrics.evaluate import evaluate_samples
+from dae_gen.metrics.fid import reference_stats
+from dae_gen.metrics.inception import InceptionFeatures, quantize
+
+
+def _load_npz_images(path: str | Path) -> torch.Tensor:
+    with np.load(path, allow_pickle=False) as stored:
+        if "images_uint8" not in stored:
+            raise ValueError(f"{path} holds no 'images_uint8' array (found {sorted(stored.files)}); write it with "
+                             "dae-gen-sample save_npz=true from an image model")
+        return torch.from_numpy(stored["images_uint8"])
+
+
+def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Draw (or load) samples, compare them with the reference split, write and return the metrics."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.run is None and cfg.samples is None:
+        raise ValueError("give run=<run dir or checkpoint> (to sample) and/or samples=<file.npz> (to evaluate)")
+    device = resolve_device(cfg.device)
+    started = time.perf_counter()
+    run_cfg, step, sampler_cfg = None, None, None
+    if cfg.run is not None:
+        run_cfg = OmegaConf.create(load_checkpoint(cfg.run)["config"])
+    dataset_cfg = cfg.dataset if cfg.dataset is not None else (run_cfg.dataset if run_cfg is not None else None)
+    if dataset_cfg is None:
+        raise ValueError("evaluating an .npz without a run needs the reference data: pass dataset={_target_: ...} "
+                         "or run=<the run that made the samples>")
+    data = instantiate(OmegaConf.merge(dataset_cfg, {"split": cfg.split}))
+    if data.kind != "image":
+        raise ValueError(f"FID needs image data; {getattr(data, 'name', 'this dataset')} is {data.kind!r} "
+                         "(use dae_gen.metrics.toy for 2-D data)")
+    if cfg.samples is not None:
+        images = _load_npz_images(cfg.samples)
+        with np.load(cfg.samples, allow_pickle=False) as stored:
+            step = int(stored["step"]) if "step" in stored else None
+    else:
+        _, model, step = load_run(cfg.run, device=device, use_ema=cfg.use_ema)
+        sampler = run_sampler(run_cfg, cfg.get("sampler"))
+        sampler_cfg = OmegaConf.to_container(OmegaConf.merge(run_cfg.sampler, cfg.get("sampler") or {}))
+        samples = draw_samples(model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed, device=device)
+        images = quantize(data.to_unit(samples))
+    if tuple(images.shape[1:]) != tuple(data.shape):
+        raise ValueError(f"samples have shape {tuple(images.shape[1:])} but the reference images {tuple(data.shape)}")
+    extractor = InceptionFeatures(cfg.weights_path, device=device)
+    n_reference = len(data) if cfg.n_reference is None else min(int(cfg.n_reference), len(data))
+
+    def reference_images() -> torch.Tensor:
+        if n_reference == len(data):
+            return torch.as_tensor(np.asarray(data.images))
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:n_reference]
+        return torch.as_tensor(np.asarray(data.images[order.sort().values.numpy()]))
+
+    key = {"dataset": getattr(data, "name", "images"), "split": cfg.split, "resolution": list(data.shape),
+           "n": n_reference, "subset": "all" if n_reference == len(data) else f"randperm(seed={cfg.seed})"}
+    reference = reference_stats(images_fn=reference_images, key=key, cache_dir=cfg.cache_dir, extractor=extractor)
+    metrics = evaluate_samples(images, reference=reference, extractor=extractor,
+                               kid_subset_size=min(cfg.kid_subset_size, len(images), reference.n), seed=cfg.seed)
+    result = {**metrics, "n_reference": reference.n, "reference": key, "step": step, "run": cfg.run,
+              "samples": cfg.samples, "sampler": sampler_cfg, "seconds": time.perf_counter() - started}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    result = evaluate(cfg, HydraConfig.get().runtime.output_dir)
+    print(json.dumps({k: result[k] for k in ("fid", "kid_mean", "kid_std", "n", "step")}))
+
+
+if __name__ == "__main__":
+    main()
