@@ -164,3 +164,20 @@ def test_cosine_schedule_reaches_final_lr():
         lrs.append(opt.param_groups[0]["lr"])
     assert lrs[-1] == pytest.approx(1e-3)
     assert lrs[49] == pytest.approx(1e-3 + 0.5 * (0.1 - 1e-3) * (1 + math.cos(math.pi * 0.5)), rel=1e-6)
+
+
+def test_periodic_evaluation_logs_metrics_and_keeps_the_best_checkpoint(tmp_path):
+    fids = iter([5.0, 3.0, 4.0, 6.0])
+    calls = []
+
+    def evaluator(model, step):
+        calls.append(step)
+        return {"fid": next(fids), "kid_mean": 0.0}
+
+    trainer = make_trainer(tmp_path, steps=8, eval_every=2, evaluator=evaluator)
+    trainer.fit()
+    assert calls == [2, 4, 6, 8]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["eval/fid"]) for r in rows if "eval/fid" in r] == [(2, 5.0), (4, 3.0), (6, 4.0), (8, 6.0)]
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert best["step"] == 4 and best["best"] == 3.0

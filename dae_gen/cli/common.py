@@ -37,18 +37,28 @@ def load_run(path: str | Path, *, device: torch.device | str = "cpu", use_ema: b
 
 def draw_samples(model: torch.nn.Module, sampler: Any, n: int, *, batch_size: int, seed: int,
                  device: torch.device, progress: bool = True) -> torch.Tensor:
-    """``n`` samples in batches of ``batch_size`` with a progress bar; batch k is seeded with ``seed + k``."""
+    """``n`` samples in batches of ``batch_size``; batch k is seeded with ``seed + k``.
+
+    Two progress bars: images done, and the sampler's steps within the current batch (fed by its callback).
+    """
     from tqdm.auto import tqdm
 
     if n < 1 or batch_size < 1:
         raise ValueError(f"n_samples and batch_size must be positive, got {n} and {batch_size}")
     out = []
-    with tqdm(total=n, desc="sample", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=n, desc="sample", unit="img", disable=not progress, dynamic_ncols=True) as images_bar, \
+            tqdm(desc="steps", unit="step", disable=not progress, leave=False, dynamic_ncols=True) as steps_bar:
+
+        def on_step(info: dict) -> None:
+            if steps_bar.total != info["n"]:
+                steps_bar.reset(total=info["n"])
+            steps_bar.update(info["i"] - steps_bar.n)
+
         for k, start in enumerate(range(0, n, batch_size)):
             size = min(batch_size, n - start)
             generator = torch.Generator(device=device).manual_seed(seed + k)
-            out.append(sampler(model, size, generator=generator).detach().cpu())
-            bar.update(size)
+            out.append(sampler(model, size, generator=generator, callback=on_step).detach().cpu())
+            images_bar.update(size)
     return torch.cat(out)
 
 

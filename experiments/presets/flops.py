@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 REPO = Path(__file__).resolve().parents[2]
 PRESETS = {  # preset: data shape
@@ -27,10 +28,27 @@ PRESETS = {  # preset: data shape
 }
 
 
+class _CountFlops(TorchDispatchMode):
+    """Sum torch's registered FLOP formulas over every dispatched op (works through autograd.grad, unlike
+    FlopCounterMode's module hooks, which the double-backward losses trip)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
 def count(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
+    with _CountFlops() as counter:
         fn()
-    return counter.get_total_flops()
+    return counter.total
 
 
 def main() -> None:
