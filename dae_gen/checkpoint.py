@@ -1,7 +1,7 @@
 """Checkpoints as named state dicts (EDM2 style), written atomically and read without unpickling objects.
 
 A checkpoint is a dict ``{"format", "step", "model", "ema", "optimizers", "schedulers", "rng", "data",
-"config", "metrics"}`` of tensors, numbers, strings and containers of them. It is loaded with
+"best", "config"}`` of tensors, numbers, strings and containers of them. It is loaded with
 ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects (a hostile file cannot run code).
 """
 

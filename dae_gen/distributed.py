@@ -44,7 +44,7 @@ def init_distributed(device: str = "auto") -> torch.device:
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
-    """All-reduce and average the gradients of ``params`` across ranks (one flat bucket per dtype)."""
+    """All-reduce and average the gradients of ``params`` across ranks (one flat float bucket)."""
     if world_size() == 1:
         return
     grads = [p.grad for p in params if p.grad is not None]
@@ -57,6 +57,15 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank, so data-parallel replicas start identical."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
 
 
 def all_mean(value: torch.Tensor) -> torch.Tensor:

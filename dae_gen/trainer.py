@@ -139,7 +139,8 @@ class Trainer:
     grad_clip:       γ for gradient clipping, None for none; grad_clip_mode ``norm`` or ``soft``.
     amp:             ``"none"`` or ``"bf16"`` autocast (CUDA only).
     compile:         ``torch.compile`` the objective's networks (first-order objectives only).
-    log_every / ckpt_every / sample_every / eval_every: periods in steps (0 disables).
+    log_every / ckpt_every / sample_every / eval_every: periods in steps (0 disables the periodic work;
+                     a final checkpoint and sample grid are always written at the end).
     keep_checkpoints: how many step checkpoints to keep (``best.pt`` is extra).
     sampler:         driver ``(model, n, generator=, callback=) -> Tensor`` for periodic samples.
     save_samples:    ``(samples, path) -> None`` writing a grid or scatter plot.
@@ -180,7 +181,6 @@ class Trainer:
         self.data = data.to(self.device)
         self.run_dir = Path(run_dir)
         self.steps, self.batch_size = int(steps), int(batch_size)
-        self.ema = EMA(self.objective, decay=ema_decay)
         self.grad_clip, self.grad_clip_mode = grad_clip, grad_clip_mode
         self.amp = amp if self.device.type == "cuda" else "none"
         self.log_every, self.ckpt_every = int(log_every), int(ckpt_every)
@@ -205,11 +205,12 @@ class Trainer:
             self.optimizers[name] = optimizer(objective.phase_parameters(name), **kwargs)
             if lr_schedule is not None:
                 self.schedulers[name] = lr_schedule(self.optimizers[name], total_steps=self.steps)
+        D.broadcast_module(self.objective)  # every rank starts from rank 0's weights
+        self.ema = EMA(self.objective, decay=ema_decay)
         self._forward = objective
         if compile:
             for module in objective.children():
                 module.compile()
-
         self.step = 0
         self.best = math.inf
         self.data_generator = torch.Generator(device="cpu")
@@ -245,11 +246,17 @@ class Trainer:
             raise CheckpointError(f"the checkpoint does not fit this model/optimiser configuration: {err}") from err
         self.step = int(state["step"])
         self.best = float(state.get("best", math.inf))
-        torch.set_rng_state(state["rng"]["torch"])
-        self.data_generator.set_state(state["rng"]["data"])
-        if self.device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        self.data.load_state_dict(state.get("data", {}))
+        if D.world_size() == 1:
+            torch.set_rng_state(state["rng"]["torch"])
+            self.data_generator.set_state(state["rng"]["data"])
+            if self.device.type == "cuda" and "cuda" in state["rng"]:
+                torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+            self.data.load_state_dict(state.get("data", {}))
+        else:
+            # only rank 0's RNG states are saved: give every rank its own fresh streams for the rest of the run
+            stream = (self.seed * 1000 + D.rank()) * 1_000_003 + self.step
+            torch.manual_seed(stream)
+            self.data_generator.manual_seed(stream)
 
     def save(self, *, name: str | None = None) -> Path | None:
         if not D.is_main_process():
@@ -264,7 +271,8 @@ class Trainer:
         path = latest_checkpoint(self.run_dir)
         if path is None:
             return False
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        # RNG states must stay CPU byte tensors; load_state_dict moves weights and optimiser state itself
+        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
         return True
 
     # -- one step -----------------------------------------------------------------------------------
@@ -289,8 +297,6 @@ class Trainer:
                 f"the last checkpoint in {checkpoint_dir(self.run_dir)} is intact. Lower the learning rate or "
                 "set trainer.grad_clip.")
         optimizer.step()
-        if name in self.schedulers:
-            self.schedulers[name].step()
         return {f"loss/{name}": loss.detach(), f"grad_norm/{name}": grad_norm.detach(),
                 f"lr/{name}": optimizer.param_groups[0]["lr"]}
 
@@ -301,6 +307,8 @@ class Trainer:
         for name, repeats in self.objective.phases:
             for _ in range(int(repeats)):
                 logs.update(self._phase_step(name))
+        for scheduler in self.schedulers.values():  # once per step, however many repeats a phase has
+            scheduler.step()
         self.ema.update(self.objective, step=self.step)
         self.step += 1
         return logs

@@ -93,14 +93,16 @@ def save_trajectory_strip(frames: Sequence[Tensor], path: str | Path, *, to_unit
 
 
 def plot_score_field(score: Callable[[Tensor, Tensor], Tensor], sigma: float, path: str | Path, *,
-                     bounds: tuple[float, float] = (-3, 3), n_grid: int = 20) -> Path:
-    """Quiver plot of a 2-D score field at noise level ``sigma``."""
+                     bounds: tuple[float, float] = (-3, 3), n_grid: int = 20,
+                     device: torch.device | str = "cpu") -> Path:
+    """Quiver plot of a 2-D score field at noise level ``sigma`` (evaluated on ``device``)."""
     plt = _pyplot()
-    axis = torch.linspace(bounds[0], bounds[1], n_grid)
+    axis = torch.linspace(bounds[0], bounds[1], n_grid, device=device)
     xx, yy = torch.meshgrid(axis, axis, indexing="xy")
     grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
     with torch.enable_grad():
-        field = score(grid, torch.full((grid.shape[0],), float(sigma))).detach()
+        field = score(grid, torch.full((grid.shape[0],), float(sigma), device=device)).detach().cpu()
+    grid = grid.cpu()
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     ax.quiver(grid[:, 0], grid[:, 1], field[:, 0], field[:, 1], angles="xy")
     ax.set_aspect("equal")

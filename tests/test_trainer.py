@@ -181,3 +181,28 @@ def test_periodic_evaluation_logs_metrics_and_keeps_the_best_checkpoint(tmp_path
     assert [(r["step"], r["eval/fid"]) for r in rows if "eval/fid" in r] == [(2, 5.0), (4, 3.0), (6, 4.0), (8, 6.0)]
     best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
     assert best["step"] == 4 and best["best"] == 3.0
+
+
+class _TwoPhase(Objective):
+    phases = (("a", 3), ("b", 1))
+
+    def __init__(self):
+        super().__init__(data_shape=(2,))
+        self.wa, self.wb = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+        self.register_buffer("sigma_levels", torch.tensor([1.0]))
+
+    def phase_parameters(self, phase):
+        return [self.wa] if phase == "a" else [self.wb]
+
+    def losses(self, phase, x):
+        w = self.wa if phase == "a" else self.wb
+        return (x * w).pow(2).sum(1)
+
+
+def test_lr_schedules_advance_once_per_step_whatever_the_repeats(tmp_path):
+    trainer = make_trainer(tmp_path, steps=10, objective=_TwoPhase())
+    for _ in range(5):
+        trainer.train_step()
+    expected = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 0.5))
+    for name in ("a", "b"):
+        assert trainer.optimizers[name].param_groups[0]["lr"] == pytest.approx(expected, rel=1e-9)

@@ -50,7 +50,13 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
     if dataset_cfg is None:
         raise ValueError("evaluating an .npz without a run needs the reference data: pass dataset={_target_: ...} "
                          "or run=<the run that made the samples>")
-    data = instantiate({**OmegaConf.to_container(dataset_cfg, resolve=True), "split": cfg.split})
+    try:
+        data = instantiate({**OmegaConf.to_container(dataset_cfg, resolve=True), "split": cfg.split})
+    except Exception as err:  # point data takes no split
+        if "split" in str(err):
+            raise ValueError(f"FID needs an image dataset with splits; {dataset_cfg._target_} has none "
+                             "(use dae_gen.metrics.toy for 2-D data)") from err
+        raise
     if data.kind != "image":
         raise ValueError(f"FID needs image data; {getattr(data, 'name', 'this dataset')} is {data.kind!r} "
                          "(use dae_gen.metrics.toy for 2-D data)")

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dae_gen.cli.common import CONFIG_DIR, draw_samples, load_run, resolve_device, run_sampler
+from dae_gen.metrics.inception import quantize
 from dae_gen.viz import sample_saver
 
 
@@ -36,7 +37,7 @@ def sample(cfg: DictConfig, out_dir: str | Path) -> Path:
     if cfg.save_npz:
         payload = {"samples": samples.numpy(), "step": np.int64(step)}
         if data.kind == "image":
-            payload["images_uint8"] = (data.to_unit(samples) * 255).round().byte().numpy()
+            payload["images_uint8"] = quantize(data.to_unit(samples)).numpy()
         np.savez_compressed(out_dir / "samples.npz", **payload)
     return grid
 

@@ -29,6 +29,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         torch.set_num_threads(int(cfg.threads))
     device = D.init_distributed(cfg.device)
     data = instantiate(cfg.dataset)
+    torch.manual_seed(cfg.seed)  # the initial weights (the trainer also broadcasts rank 0's to every rank)
     model = instantiate(cfg.model, data_shape=list(data.shape))
     sampler = instantiate(cfg.sampler)
     evaluator = instantiate(cfg.metrics)(data=data, sampler=sampler) if cfg.get("metrics") else None
@@ -48,7 +49,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     result = train(cfg, HydraConfig.get().runtime.output_dir)
-    return result.get("loss/model", 0.0)  # the value a --multirun sweeper optimises
+    losses = [value for key, value in result.items() if key.startswith("loss/")]
+    return losses[-1] if losses else 0.0  # the value a --multirun sweeper optimises: the last phase's loss
 
 
 if __name__ == "__main__":

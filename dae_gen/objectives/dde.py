@@ -109,9 +109,11 @@ class DDEGenerativeModel(Objective):
     def losses(self, phase: str, x: Tensor) -> Tensor:
         if phase == "dde_p":  # data DDE on the data batch
             return dde_losses(self.f_p, x, self.sigma)
-        samples = self.G(self._latents(x.shape[0], x.device)).to(x.dtype)  # (B, *data_shape)
-        if phase == "dde_q":  # sample DDE on the generator's current samples (no gradient into G)
-            return dde_losses(self.f_q, samples.detach(), self.sigma)
+        if phase == "dde_q":  # sample DDE on the generator's current samples (no graph through G)
+            with torch.no_grad():
+                samples = self.G(self._latents(x.shape[0], x.device)).to(x.dtype)  # (B, *data_shape)
+            return dde_losses(self.f_q, samples, self.sigma)
+        samples = self.G(self._latents(x.shape[0], x.device)).to(x.dtype)
         if phase == "generator":  # KL(q_σ ‖ p_σ) surrogate; only G is stepped
             noisy = samples + self.sigma * torch.randn_like(samples)
             return self.f_q(noisy) - self.f_p(noisy)
