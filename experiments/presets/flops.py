@@ -1,11 +1,11 @@
 """FLOPs of one training step and one sampler step for each published preset, and a GPU-time estimate.
 
-    python experiments/presets/flops.py [--tflops 200]
+    python experiments/presets/flops.py [--tflops 100]
 
 No GPU is lent to this task, so the presets' GPU times are *estimates*: FLOPs counted exactly with
 ``torch.utils.flop_counter`` on the preset's real network and loss (batch 2, scaled linearly to the preset's
-batch), divided by an assumed sustained throughput (``--tflops``, default 200 TFLOP/s ≈ 20% of an H100's dense
-bf16 peak, typical of small conv nets; fp32/TF32 presets such as MDSM run slower). Writes flops.json.
+batch), divided by an assumed sustained throughput (``--tflops``, default 100 TFLOP/s ≈ 10% of an H100's dense
+bf16 peak, conservative for small conv nets; fp32/TF32 presets such as MDSM run slower). Writes flops.json.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def count(fn) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tflops", type=float, default=200.0)
+    parser.add_argument("--tflops", type=float, default=100.0)
     args = parser.parse_args()
     rows = {}
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
