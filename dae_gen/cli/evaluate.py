@@ -22,8 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dae_gen.checkpoint import load_checkpoint
 from dae_gen.cli.common import CONFIG_DIR, draw_samples, load_run, resolve_device, run_sampler
-from dae_gen.metrics.evaluate import evaluate_samples
-from dae_gen.metrics.fid import reference_stats
+from dae_gen.metrics.evaluate import dataset_reference, evaluate_samples
 from dae_gen.metrics.inception import InceptionFeatures, quantize
 
 
@@ -73,20 +72,11 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
     if tuple(images.shape[1:]) != tuple(data.shape):
         raise ValueError(f"samples have shape {tuple(images.shape[1:])} but the reference images {tuple(data.shape)}")
     extractor = InceptionFeatures(cfg.weights_path, device=device)
-    n_reference = len(data) if cfg.n_reference is None else min(int(cfg.n_reference), len(data))
-
-    def reference_images() -> torch.Tensor:
-        if n_reference == len(data):
-            return torch.as_tensor(np.asarray(data.images))
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:n_reference]
-        return torch.as_tensor(np.asarray(data.images[order.sort().values.numpy()]))
-
-    key = {"dataset": getattr(data, "name", "images"), "split": cfg.split, "resolution": list(data.shape),
-           "n": n_reference, "subset": "all" if n_reference == len(data) else f"randperm(seed={cfg.seed})"}
-    reference = reference_stats(images_fn=reference_images, key=key, cache_dir=cfg.cache_dir, extractor=extractor)
+    reference = dataset_reference(data, split=cfg.split, n_reference=cfg.n_reference, seed=cfg.seed,
+                                  cache_dir=cfg.cache_dir, extractor=extractor)
     metrics = evaluate_samples(images, reference=reference, extractor=extractor,
                                kid_subset_size=min(cfg.kid_subset_size, len(images), reference.n), seed=cfg.seed)
-    result = {**metrics, "n_reference": reference.n, "reference": key, "step": step, "run": cfg.run,
+    result = {**metrics, "n_reference": reference.n, "reference": reference.key, "step": step, "run": cfg.run,
               "samples": cfg.samples, "sampler": sampler_cfg, "seconds": time.perf_counter() - started}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

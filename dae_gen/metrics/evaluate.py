@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from dae_gen.metrics.fid import ReferenceStats, frechet_distance_to_features, kid, reference_stats
-from dae_gen.metrics.inception import InceptionFeatures, quantize
+from dae_gen.metrics.inception import InceptionFeatures, quantize, resolve_weights_path
 
 
 def evaluate_samples(samples_uint8: Tensor, *, reference: ReferenceStats, extractor: InceptionFeatures,
@@ -27,6 +27,27 @@ def evaluate_samples(samples_uint8: Tensor, *, reference: ReferenceStats, extrac
                             generator=np.random.default_rng(seed))
     return {"fid": frechet_distance_to_features(feats, reference.mu, reference.sigma), "kid_mean": kid_mean,
             "kid_std": kid_std, "n": int(samples_uint8.shape[0])}
+
+
+def dataset_reference(data, *, split: str, n_reference: int | None, seed: int,
+                      cache_dir: str | os.PathLike | None, extractor: InceptionFeatures) -> ReferenceStats:
+    """Cached Inception statistics of ``data``'s uint8 images: all of them, or a seeded subset of ``n_reference``.
+
+    One function for the training monitor and ``dae-gen-eval``, so equal keys always mean equal image sets.
+    ``data.images`` may be a tensor or a memory-mapped numpy array.
+    """
+    n = len(data) if n_reference is None else min(int(n_reference), len(data))
+
+    def images() -> Tensor:
+        if n == len(data):
+            return torch.as_tensor(np.asarray(data.images))
+        chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return torch.as_tensor(np.asarray(data.images[chosen.numpy()])) if isinstance(data.images, np.ndarray) \
+            else data.images[chosen.to(data.images.device)].cpu()
+
+    key = {"dataset": getattr(data, "name", "images"), "split": split, "resolution": list(data.shape), "n": n,
+           "subset": "all" if n == len(data) else f"randperm(seed={seed})"}
+    return reference_stats(images_fn=images, key=key, cache_dir=cache_dir, extractor=extractor)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -68,33 +89,25 @@ class FIDMonitor:
         self.cache_dir, self.split, self.weights_path = cache_dir, split, weights_path
         self.n_reference = len(data) if n_reference is None else min(int(n_reference), len(data))
         self.kid_subset_size, self.seed, self.device = kid_subset_size, seed, device
+        if extractor is None:
+            resolve_weights_path(weights_path)  # fail at construction, not hours later at the first evaluation
         self.extractor = extractor
         self.reference: ReferenceStats | None = None
 
-    def _reference_images(self) -> Tensor:
-        images = self.data.images
-        if self.n_reference == len(self.data):
-            return images
-        order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.seed))
-        return images[order[:self.n_reference].to(images.device)]
-
     def _setup(self, device: torch.device) -> None:
-        if self.extractor is None:
-            self.extractor = InceptionFeatures(self.weights_path, device=self.device or device)
-        key = {"dataset": getattr(self.data, "name", "images"), "split": self.split,
-               "resolution": list(self.data.shape), "n": self.n_reference,
-               "subset": "all" if self.n_reference == len(self.data) else f"randperm(seed={self.seed})"}
-        self.reference = reference_stats(images_fn=self._reference_images, key=key, cache_dir=self.cache_dir,
-                                         extractor=self.extractor)
+        self.extractor = self.extractor or InceptionFeatures(self.weights_path, device=self.device or device)
+        self.reference = dataset_reference(self.data, split=self.split, n_reference=self.n_reference,
+                                           seed=self.seed, cache_dir=self.cache_dir, extractor=self.extractor)
 
     def __call__(self, model: torch.nn.Module, step: int) -> dict:
         started = time.perf_counter()
         device = _model_device(model)
         if self.reference is None:
             self._setup(device)
-        generator = torch.Generator(device=device).manual_seed(self.seed)
         batches, nonfinite = [], 0
-        for start in range(0, self.n_samples, self.batch_size):
+        for k, start in enumerate(range(0, self.n_samples, self.batch_size)):
+            # batch k seeded with seed + k, as dae-gen-eval does, so both draw the same noise
+            generator = torch.Generator(device=device).manual_seed(self.seed + k)
             x = self.sampler(model, min(self.batch_size, self.n_samples - start), generator=generator)
             nonfinite += int((~torch.isfinite(x.detach())).flatten(1).any(dim=1).sum())
             batches.append(quantize(self.data.to_unit(x.detach())).cpu())
