@@ -80,3 +80,10 @@ def all_mean(value: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly (a barrier first: gloo can abort at exit when a peer is still talking)."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()

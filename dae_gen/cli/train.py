@@ -48,7 +48,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    result = train(cfg, HydraConfig.get().runtime.output_dir)
+    try:
+        result = train(cfg, HydraConfig.get().runtime.output_dir)
+    finally:
+        D.shutdown()
     losses = [value for key, value in result.items() if key.startswith("loss/")]
     return losses[-1] if losses else 0.0  # the value a --multirun sweeper optimises: the last phase's loss
 
