@@ -14,15 +14,6 @@ from dae_gen.objectives.dde import DenoisingDensityEstimator
 from dae_gen.objectives.mdsm import AnnealedDSMEnergy
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small batches on a shared 2-core machine run fastest on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gaussian_energy(dim: int, *, s: float = 0.5, c: float = 1.3):
     """``E(x) = ‖x − m‖²/(2s²) + c`` and its ``log Z = log ∫ exp(−E) = (D/2) log(2π s²) − c``."""
     m = torch.linspace(-1.0, 1.0, dim, dtype=torch.float64) + 0.5  # the proposal N(0, 2² I) is off in mean and scale

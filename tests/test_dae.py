@@ -16,14 +16,7 @@ from dae_gen.noise import geometric_sigmas, sample_levels
 from dae_gen.objectives.dae import DenoisingAutoencoder, as_sigma_schedule
 from dae_gen.objectives.dsm import dsm_losses
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets on a shared 2-core machine run ~30x faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from conftest import fit_on_mixture
 
 
 class LinearDenoiser(nn.Module):
@@ -121,15 +114,7 @@ def test_trained_mlp_dae_score_matches_the_smoothed_mixture_score():
     mixture, sigma = three_modes(), 0.3
     net = functools.partial(ScoreMLP, hidden=64, depth=2, divide_by_sigma=False)
     model = DenoisingAutoencoder(net=net, data_shape=(2,), sigmas=[sigma])
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 1000, eta_min=2.5e-4)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(1000):
-        loss = model.losses("model", mixture.sample(512, gen).float()).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    gen = fit_on_mixture(model, mixture, steps=1000, lr=5e-3, eta_min=2.5e-4)
     smoothed = mixture.smoothed(sigma)
     y = smoothed.sample(4000, gen).float()
     with torch.no_grad():
@@ -146,15 +131,7 @@ def test_trained_multi_level_dae_score_matches_at_every_level():
     mixture, sigmas = three_modes(), geometric_sigmas(1.0, 0.05, 5)
     net = functools.partial(ScoreMLP, hidden=64, depth=2, divide_by_sigma=False)
     model = DenoisingAutoencoder(net=net, data_shape=(2,), sigmas=sigmas)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 1500, eta_min=2.5e-4)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(1500):
-        loss = model.losses("model", mixture.sample(512, gen).float()).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    gen = fit_on_mixture(model, mixture, steps=1500, lr=5e-3, eta_min=2.5e-4)
     for sigma in sigmas.tolist():
         smoothed = mixture.smoothed(sigma)
         y = smoothed.sample(4000, gen).float()

@@ -15,14 +15,7 @@ from dae_gen.nets.mlp import GeneratorMLP, ScalarMLP
 from dae_gen.objectives.dde import DDEGenerativeModel, DenoisingDensityEstimator
 from dae_gen.samplers.temperature import sample_generator
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets on a shared 2-core machine run ~30x faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from conftest import fit_on_mixture
 
 
 def three_modes() -> GaussianMixture:
@@ -141,15 +134,7 @@ def test_trained_dde_density_matches_the_smoothed_mixture_on_a_grid():
     mixture, sigma = three_modes(), 0.2
     model = DenoisingDensityEstimator(net=functools.partial(ScalarMLP, hidden=64, depth=3), data_shape=(2,),
                                       sigma=sigma)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 1500, eta_min=1.5e-4)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(1500):
-        loss = model.losses("model", mixture.sample(512, gen).float()).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    gen = fit_on_mixture(model, mixture, steps=1500, lr=3e-3, eta_min=1.5e-4)
     bounds = (-3.5, 3.5)
     estimate = grid_log_density(model.log_density, bounds=bounds, n_grid=100)
     exact = grid_log_density(mixture.smoothed(sigma).log_prob, bounds=bounds, n_grid=100, dtype=torch.float64)

@@ -20,14 +20,7 @@ from dae_gen.samplers.temperature import (
     temperature_schedule,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets on a shared 2-core machine run ~30x faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from conftest import fit_on_mixture
 
 
 class QuadraticEnergy(nn.Module):
@@ -100,15 +93,7 @@ def test_trained_mlp_energy_points_along_the_smoothed_score():
     mixture = three_modes()
     model = AnnealedDSMEnergy(net=functools.partial(ScalarMLP, hidden=64, depth=2), data_shape=(2,),
                               sigma_low=0.2, sigma_high=1.0, spacing="log", sigma0=0.1)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 1500, eta_min=1.5e-4)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(1500):
-        loss = model.losses("model", mixture.sample(512, gen).float()).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    gen = fit_on_mixture(model, mixture, steps=1500, lr=3e-3, eta_min=1.5e-4)
     for sigma in (0.2, 0.4):
         smoothed = mixture.smoothed(sigma)
         y = smoothed.sample(4000, gen).float()
