@@ -118,3 +118,18 @@ def test_sampling_a_missing_run_fails_clearly(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dae_gen.cli.sample", f"run={tmp_path}",
                            f"hydra.run.dir={tmp_path / 'o'}"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0 and "no checkpoint" in proc.stderr
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["sampler.init=gausian"], "init must be"),
+    (["sampler.step_lr=-1"], "step_lr must be positive"),
+    (["sampler=temperature_langevin", "sampler.step_size=0"], "step_size must be positive"),
+])
+def test_bad_sampler_settings_fail_before_training(compose_train, tmp_path, overrides, match):
+    from dae_gen.cli.train import train
+
+    fast = [o for o in FAST if not o.startswith("sampler.")]  # knobs of the default sampler only
+    cfg = compose_train(*fast, *overrides)
+    with pytest.raises(ValueError, match=match):
+        train(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()

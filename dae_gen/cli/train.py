@@ -32,6 +32,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     torch.manual_seed(cfg.seed)  # the initial weights (the trainer also broadcasts rank 0's to every rank)
     model = instantiate(cfg.model, data_shape=list(data.shape))
     sampler = instantiate(cfg.sampler)
+    sampler(model, 0)  # validates the sampler's settings now rather than at the first sample grid
     evaluator = instantiate(cfg.metrics)(data=data, sampler=sampler) if cfg.get("metrics") else None
     config = OmegaConf.to_container(cfg, resolve=True)
     config["data_shape"] = list(data.shape)

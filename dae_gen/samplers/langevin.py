@@ -38,6 +38,8 @@ def annealed_langevin(score: Score, x: Tensor, sigmas: Tensor, *, n_steps_each: 
         raise ValueError(f"n_steps_each must be at least 1, got {n_steps_each}")
     if not step_lr > 0:
         raise ValueError(f"step_lr must be positive, got {step_lr}")
+    if x.shape[0] == 0:  # an empty batch only validates the arguments (the CLI does this before training)
+        return x
     total, i = len(sigmas) * n_steps_each, 0
     for sigma in sigmas:
         alpha = step_lr * (sigma / sigmas[-1]) ** 2

@@ -58,6 +58,8 @@ def temperature_annealed_langevin(score: Score, x: Tensor, *, sigma0: float, n_s
         raise ValueError(f"sigma0 must be positive, got {sigma0}")
     temps = temperature_schedule(n_steps_hot=n_steps_hot, temp_hot=temp_hot, n_steps_anneal=n_steps_anneal,
                                  n_steps_cool=n_steps_cool).tolist()
+    if x.shape[0] == 0:  # an empty batch only validates the arguments (the CLI does this before training)
+        return x
     sigma_b = torch.full((x.shape[0],), float(sigma0), dtype=x.dtype, device=x.device)
     for i, temp in enumerate(temps):
         grad_energy = -score(x, sigma_b)
