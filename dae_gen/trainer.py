@@ -21,8 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from dae_gen import distributed as D
-from dae_gen.checkpoint import (CheckpointError, checkpoint_dir, latest_checkpoint, load_checkpoint,
-                                prune_checkpoints, save_checkpoint)
+from dae_gen.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from dae_gen.objectives.base import Objective
 
 
@@ -155,7 +161,8 @@ class Trainer:
                  grad_clip: float | None = None, grad_clip_mode: str = "norm", amp: str = "none",
                  compile: bool = False, log_every: int = 100, ckpt_every: int = 1000, sample_every: int = 1000,
                  eval_every: int = 0, keep_checkpoints: int = 2, n_samples: int = 64,
-                 sampler: Callable[..., Tensor] | None = None, save_samples: Callable[[Tensor, Path], None] | None = None,
+                 sampler: Callable[..., Tensor] | None = None,
+                 save_samples: Callable[[Tensor, Path], None] | None = None,
                  evaluator: Callable[[nn.Module, int], dict[str, float]] | None = None, best_metric: str = "fid",
                  seed: int = 0, device: str | torch.device = "cpu", run_config: dict | None = None,
                  progress: bool = True, tensorboard: bool = True):

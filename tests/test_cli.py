@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 

@@ -10,13 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import fit_on_mixture
 from dae_gen.density import GaussianMixture
 from dae_gen.nets.mlp import ScoreMLP
 from dae_gen.noise import geometric_sigmas, sample_levels
 from dae_gen.objectives.dae import DenoisingAutoencoder, as_sigma_schedule
 from dae_gen.objectives.dsm import dsm_losses
-
-from conftest import fit_on_mixture
 
 
 class LinearDenoiser(nn.Module):

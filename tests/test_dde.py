@@ -10,12 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import fit_on_mixture
 from dae_gen.density import GaussianMixture, grid_kl, grid_log_density, importance_log_likelihood
 from dae_gen.nets.mlp import GeneratorMLP, ScalarMLP
 from dae_gen.objectives.dde import DDEGenerativeModel, DenoisingDensityEstimator
 from dae_gen.samplers.temperature import sample_generator
-
-from conftest import fit_on_mixture
 
 
 def three_modes() -> GaussianMixture:
@@ -134,7 +133,7 @@ def test_trained_dde_density_matches_the_smoothed_mixture_on_a_grid():
     mixture, sigma = three_modes(), 0.2
     model = DenoisingDensityEstimator(net=functools.partial(ScalarMLP, hidden=64, depth=3), data_shape=(2,),
                                       sigma=sigma)
-    gen = fit_on_mixture(model, mixture, steps=1500, lr=3e-3, eta_min=1.5e-4)
+    fit_on_mixture(model, mixture, steps=1500, lr=3e-3, eta_min=1.5e-4)
     bounds = (-3.5, 3.5)
     estimate = grid_log_density(model.log_density, bounds=bounds, n_grid=100)
     exact = grid_log_density(mixture.smoothed(sigma).log_prob, bounds=bounds, n_grid=100, dtype=torch.float64)

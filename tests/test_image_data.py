@@ -19,7 +19,6 @@ from dae_gen.data.base import DataError, ImageTensorData
 from dae_gen.data.fakes import write_fake_celeba, write_fake_cifar10
 
 
-
 def _debian_file(name: str) -> Path:
     files, why = images._dpkg_files(images.FASHION_MNIST_PACKAGE)
     hits = [p for p in files if p.name == name]
@@ -38,9 +37,11 @@ def _idx_bytes(array: np.ndarray) -> bytes:
 # ---------------------------------------------------------------------------------------------------------
 
 def test_torchvision_shim_gives_working_datasets_and_transforms():
-    from dae_gen._torchvision import torchvision
-    from torchvision.transforms import v2
+    import importlib
 
+    from dae_gen._torchvision import torchvision  # defines the torchvision::nms schema before torchvision loads
+
+    v2 = importlib.import_module("torchvision.transforms.v2")
     assert hasattr(torchvision.datasets, "CIFAR10") and hasattr(torchvision.datasets, "CelebA")
     assert hasattr(torch.ops.torchvision, "nms")  # the real kernel or our schema
     x = torch.arange(36.0).reshape(1, 6, 6)
@@ -290,9 +291,9 @@ def test_celeba_orientation():
 
 
 def test_celeba_preprocessing_equals_ncsn_torchvision_pipeline():
-    from dae_gen._torchvision import torchvision
-    from torchvision import transforms
+    from dae_gen._torchvision import torchvision  # defines the torchvision::nms schema before torchvision loads
 
+    transforms = torchvision.transforms
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, size=(218, 178, 3), dtype=np.uint8))
     for size in (64, 32):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import fit_on_mixture
 from dae_gen.density import GaussianMixture
 from dae_gen.nets.mlp import ScalarMLP
 from dae_gen.noise import batch_spaced_sigmas
@@ -19,8 +20,6 @@ from dae_gen.samplers.temperature import (
     temperature_annealed_langevin,
     temperature_schedule,
 )
-
-from conftest import fit_on_mixture
 
 
 class QuadraticEnergy(nn.Module):

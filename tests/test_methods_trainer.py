@@ -8,7 +8,6 @@ from hydra.utils import instantiate
 
 from dae_gen.data.digits import digits
 from dae_gen.data.toy import two_moons
-from dae_gen.trainer import Trainer
 
 POINT_MODELS = ["ncsn_mlp", "dae_mlp", "dae_single", "mdsm_mlp", "dde", "ddegen_mlp"]
 IMAGE_MODELS = {  # small nets for 8x8 images

@@ -13,8 +13,14 @@ import torch.nn.functional as F
 from dae_gen.data.base import ImageTensorData
 from dae_gen.metrics import inception
 from dae_gen.metrics.evaluate import FIDMonitor
-from dae_gen.metrics.fid import (feature_stats, frechet_distance, frechet_distance_to_features, kid,
-                                 reference_stats, stats_cache_path)
+from dae_gen.metrics.fid import (
+    feature_stats,
+    frechet_distance,
+    frechet_distance_to_features,
+    kid,
+    reference_stats,
+    stats_cache_path,
+)
 from dae_gen.metrics.inception import InceptionFeatures, preprocess, quantize, tf_bilinear_resize
 from dae_gen.metrics.toy import mmd_rbf, mode_weights, nearest_neighbour_distances, sliced_wasserstein
 

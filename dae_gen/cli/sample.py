@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dae_gen.cli.common import CONFIG_DIR, draw_samples, load_run, resolve_device, run_sampler
 from dae_gen.metrics.inception import quantize

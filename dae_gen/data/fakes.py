@@ -13,8 +13,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dae_gen.data.images import (CELEBA_ATTRIBUTES, CELEBA_IMAGES, CELEBA_PARTITION, CELEBA_SOURCE_SIZE,
-                                 CIFAR10_DIR, PathLike)
+from dae_gen.data.images import (
+    CELEBA_ATTRIBUTES,
+    CELEBA_IMAGES,
+    CELEBA_PARTITION,
+    CELEBA_SOURCE_SIZE,
+    CIFAR10_DIR,
+    PathLike,
+)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CELEBA_ATTRIBUTE_NAMES = (

@@ -268,9 +268,9 @@ def cifar10(*, root: PathLike | None, split: str = "train", scale: str = "unit",
     dirs = _cifar_dirs(Path(root))
     found = _find_exact(names, dirs)
     if found is None and download:
-        from dae_gen._torchvision import torchvision
-        from torchvision.datasets.utils import download_and_extract_archive
+        from dae_gen._torchvision import torchvision  # defines the torchvision::nms schema before torchvision loads
 
+        download_and_extract_archive = torchvision.datasets.utils.download_and_extract_archive
         source = torchvision.datasets.CIFAR10
         download_and_extract_archive(source.url, str(root), filename=source.filename, md5=source.tgz_md5)
         found = _find_exact(names, dirs)

@@ -50,7 +50,8 @@ def annealed_langevin(score: Score, x: Tensor, sigmas: Tensor, *, n_steps_each: 
             x = x + 0.5 * alpha * grad + alpha.sqrt() * noise
             i += 1
             if callback is not None:
-                callback({"i": i, "n": total, "x": x, "sigma": float(sigma), "grad_norm": float(grad.norm() / x.shape[0] ** 0.5)})
+                callback({"i": i, "n": total, "x": x, "sigma": float(sigma),
+                          "grad_norm": float(grad.norm() / x.shape[0] ** 0.5)})
     if denoise:
         x = denoise_step(score, x, sigmas[-1])
     return x

@@ -68,7 +68,8 @@ def main() -> None:
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         write_fake_cifar10(tmp, n_train=5000, n_test=100)  # real on-disk format; no real CIFAR-10 offline
-        datasets = {"fashion_mnist32": fashion_mnist(image_size=32), "cifar10 (fake, hflip)": cifar10(root=tmp, hflip=True)}
+        datasets = {"fashion_mnist32": fashion_mnist(image_size=32),
+                    "cifar10 (fake, hflip)": cifar10(root=tmp, hflip=True)}
         rows = []
         for name, data in datasets.items():
             data.to(device)

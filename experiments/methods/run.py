@@ -50,7 +50,9 @@ def toy_numbers(npz: str) -> dict:
     weights, outliers = mode_weights(samples, data.mixture.means, max_dist=0.4)
     exact_weights, exact_outliers = mode_weights(exact, data.mixture.means, max_dist=0.4)
     return {"sliced_w2": sliced_wasserstein(samples, exact, generator=torch.Generator().manual_seed(1)),
-            "sliced_w2_exact_vs_exact": sliced_wasserstein(data.sample(len(samples), generator=torch.Generator().manual_seed(5)).double(), exact, generator=torch.Generator().manual_seed(1)),
+            "sliced_w2_exact_vs_exact": sliced_wasserstein(
+                data.sample(len(samples), generator=torch.Generator().manual_seed(5)).double(), exact,
+                generator=torch.Generator().manual_seed(1)),
             "mmd": mmd_rbf(samples[:2000], exact[:2000]), "mode_weights": [round(float(w), 4) for w in weights],
             "outlier_fraction": float(outliers), "exact_outlier_fraction": float(exact_outliers),
             "max_weight_error": float((weights - 1 / 8).abs().max())}
@@ -91,7 +93,8 @@ def main() -> None:
             row = run(preset, n_samples=4000 if group == "toy" else 64)
             if group == "toy":
                 row.update(toy_numbers(row["samples"]))
-            row["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads available, CPU, torch {torch.__version__}"
+            row["machine"] = (f"{platform.machine()}, {torch.get_num_threads()} threads available, CPU, "
+                              f"torch {torch.__version__}")
             results[preset] = row
             results_path.write_text(json.dumps(results, indent=2))
             print(json.dumps(row), flush=True)
