@@ -35,8 +35,8 @@ class ImageTensorData:
 
     def __init__(self, images: Tensor, *, scale: str = "unit", dequantize: bool = False, hflip: bool = False,
                  labels: Tensor | None = None, name: str = "images"):
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise DataError(f"{name}: expected a uint8 tensor of shape (N, C, H, W), got {images.dtype} "
+        if str(images.dtype).removeprefix("torch.") != "uint8" or images.ndim != 4:
+            raise DataError(f"{name}: expected uint8 images of shape (N, C, H, W), got {images.dtype} "
                             f"{tuple(images.shape)}")
         if images.shape[0] == 0:
             raise DataError(f"{name}: the dataset is empty (0 images)")
@@ -91,9 +91,13 @@ class ImageTensorData:
             batch_size -= take
         return torch.cat(taken)
 
+    def _gather(self, indices: Tensor) -> Tensor:
+        """uint8 rows ``(B, C, H, W)`` at ``indices``, on the device."""
+        return self.images[indices]
+
     def batch(self, batch_size: int, *, generator: torch.Generator | None = None) -> Tensor:
         """The next ``batch_size`` examples of a shuffled epoch, scaled (and flipped) on the device."""
-        x = self.scale_uint8(self.images[self._next_indices(batch_size, generator)], generator=None)
+        x = self.scale_uint8(self._gather(self._next_indices(batch_size, generator)), generator=None)
         if self.hflip:
             flip = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device) < 0.5
             x = torch.where(flip.reshape(-1, 1, 1, 1), x.flip(-1), x)

@@ -442,19 +442,8 @@ class MemmapImageData(ImageTensorData):
 
     def __init__(self, images: np.ndarray, *, scale: str = "unit", dequantize: bool = False, hflip: bool = False,
                  labels: Tensor | None = None, name: str = "images"):
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise DataError(f"{name}: expected a uint8 array of shape (N, C, H, W), got {images.dtype} "
-                            f"{images.shape}")
-        if images.shape[0] == 0:
-            raise DataError(f"{name}: the dataset is empty (0 images)")
-        _check_choice("scale", scale, list(SCALES))
-        self.images, self.labels, self.name = images, labels, name
-        self.scale, self.dequantize, self.hflip = scale, dequantize, hflip
-        self.shape = tuple(images.shape[1:])
-        self.data_range = SCALES[scale]
         self._device = torch.device("cpu")
-        self._order: Tensor | None = None
-        self._cursor = 0
+        super().__init__(images, scale=scale, dequantize=dequantize, hflip=hflip, labels=labels, name=name)
 
     @property
     def device(self) -> torch.device:
@@ -465,15 +454,10 @@ class MemmapImageData(ImageTensorData):
         self._order = None
         return self
 
-    def batch(self, batch_size: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """The next ``batch_size`` examples of a shuffled epoch, read from disk, scaled (and flipped) on the device."""
-        indices = self._next_indices(batch_size, generator).cpu().numpy()
-        rows = torch.from_numpy(np.ascontiguousarray(self.images[indices]))  # (B, C, H, W) uint8, CPU
-        x = self.scale_uint8(rows.to(self.device))
-        if self.hflip:
-            flip = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device) < 0.5
-            x = torch.where(flip.reshape(-1, 1, 1, 1), x.flip(-1), x)
-        return x
+    def _gather(self, indices: Tensor) -> Tensor:
+        """Read the rows at ``indices`` from disk and move only them to the device."""
+        rows = np.ascontiguousarray(self.images[indices.cpu().numpy()])  # (B, C, H, W) uint8
+        return torch.from_numpy(rows).to(self.device)
 
 
 def celeba(*, root: PathLike | None, split: str = "train", image_size: int = 64, scale: str = "unit",
