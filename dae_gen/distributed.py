@@ -24,16 +24,22 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` if available else ``"cpu"``; a CUDA device without CUDA is a clear error."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available; use device=cpu")
+    return device
+
+
 def init_distributed(device: str = "auto") -> torch.device:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1) and pick this rank's device.
 
     device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``; under torchrun each rank takes
     ``cuda:LOCAL_RANK``. NCCL on GPUs, gloo on CPUs.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available; use device=cpu")
+    device = resolve_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device.startswith("cuda"):

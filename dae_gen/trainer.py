@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -334,8 +335,9 @@ class Trainer:
         samples = self.sample(self.n_samples)
         folder = self.run_dir / "samples"
         folder.mkdir(parents=True, exist_ok=True)
-        self.save_samples(samples.cpu(), folder / f"samples_{self.step:08d}.png")
-        self.save_samples(samples.cpu(), self.run_dir / "samples.png")
+        path = folder / f"samples_{self.step:08d}.png"
+        self.save_samples(samples.cpu(), path)
+        shutil.copyfile(path, self.run_dir / "samples.png")  # the newest grid, under a fixed name
 
     def _evaluate(self, log: MetricsLog | None) -> None:
         if self.evaluator is None or not D.is_main_process():

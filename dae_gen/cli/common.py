@@ -9,15 +9,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dae_gen import distributed as D
 from dae_gen.checkpoint import load_checkpoint
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return torch.device(D.resolve_device(device))
 
 
 def load_run(path: str | Path, *, device: torch.device | str = "cpu", use_ema: bool = True
@@ -62,9 +61,12 @@ def draw_samples(model: torch.nn.Module, sampler: Any, n: int, *, batch_size: in
     return torch.cat(out)
 
 
-def run_sampler(run_cfg: DictConfig, sampler_cfg: DictConfig):
-    """A full sampler preset (has ``_target_``) as given, or the run's own sampler with overrides merged on."""
-    if sampler_cfg is not None and "_target_" in sampler_cfg:
-        return instantiate(sampler_cfg)
-    merged = OmegaConf.merge(run_cfg.sampler, sampler_cfg or {})
-    return instantiate(merged)
+def run_sampler(run_cfg: DictConfig, sampler_cfg: DictConfig | None) -> tuple[Any, dict]:
+    """The sampler to draw with, and its settings as a plain dict (for records such as ``eval.json``).
+
+    A full sampler preset (has ``_target_``) is used as given; otherwise the run's own sampler with the
+    given overrides merged on.
+    """
+    if sampler_cfg is None or "_target_" not in sampler_cfg:
+        sampler_cfg = OmegaConf.merge(run_cfg.sampler, sampler_cfg or {})
+    return instantiate(sampler_cfg), OmegaConf.to_container(sampler_cfg, resolve=True)

@@ -26,12 +26,13 @@ from dae_gen.metrics.evaluate import dataset_reference, evaluate_samples
 from dae_gen.metrics.inception import InceptionFeatures, quantize
 
 
-def _load_npz_images(path: str | Path) -> torch.Tensor:
+def _load_npz_images(path: str | Path) -> tuple[torch.Tensor, int | None]:
+    """uint8 images ``(N, C, H, W)`` and the checkpoint step from a ``dae-gen-sample save_npz=true`` file."""
     with np.load(path, allow_pickle=False) as stored:
         if "images_uint8" not in stored:
             raise ValueError(f"{path} holds no 'images_uint8' array (found {sorted(stored.files)}); write it with "
                              "dae-gen-sample save_npz=true from an image model")
-        return torch.from_numpy(stored["images_uint8"])
+        return torch.from_numpy(stored["images_uint8"]), (int(stored["step"]) if "step" in stored else None)
 
 
 def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
@@ -42,8 +43,10 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
         raise ValueError("give run=<run dir or checkpoint> (to sample) and/or samples=<file.npz> (to evaluate)")
     device = resolve_device(cfg.device)
     started = time.perf_counter()
-    run_cfg, step, sampler_cfg = None, None, None
-    if cfg.run is not None:
+    run_cfg, model, step, sampler_cfg = None, None, None, None
+    if cfg.samples is None:
+        run_cfg, model, step = load_run(cfg.run, device=device, use_ema=cfg.use_ema)
+    elif cfg.run is not None:  # saved samples: the run only names the reference data
         run_cfg = OmegaConf.create(load_checkpoint(cfg.run)["config"])
     dataset_cfg = cfg.dataset if cfg.dataset is not None else (run_cfg.dataset if run_cfg is not None else None)
     if dataset_cfg is None:
@@ -60,13 +63,9 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
         raise ValueError(f"FID needs image data; {getattr(data, 'name', 'this dataset')} is {data.kind!r} "
                          "(use dae_gen.metrics.toy for 2-D data)")
     if cfg.samples is not None:
-        images = _load_npz_images(cfg.samples)
-        with np.load(cfg.samples, allow_pickle=False) as stored:
-            step = int(stored["step"]) if "step" in stored else None
+        images, step = _load_npz_images(cfg.samples)
     else:
-        _, model, step = load_run(cfg.run, device=device, use_ema=cfg.use_ema)
-        sampler = run_sampler(run_cfg, cfg.get("sampler"))
-        sampler_cfg = OmegaConf.to_container(OmegaConf.merge(run_cfg.sampler, cfg.get("sampler") or {}))
+        sampler, sampler_cfg = run_sampler(run_cfg, cfg.get("sampler"))
         samples = draw_samples(model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed, device=device)
         images = quantize(data.to_unit(samples))
     if tuple(images.shape[1:]) != tuple(data.shape):

@@ -28,7 +28,7 @@ def sample(cfg: DictConfig, out_dir: str | Path) -> Path:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
     run_cfg, model, step = load_run(cfg.run, device=device, use_ema=cfg.use_ema)
-    sampler = run_sampler(run_cfg, cfg.get("sampler"))
+    sampler, _ = run_sampler(run_cfg, cfg.get("sampler"))
     samples = draw_samples(model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed, device=device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

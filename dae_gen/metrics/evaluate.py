@@ -12,6 +12,7 @@ from torch import Tensor
 
 from dae_gen.metrics.fid import ReferenceStats, frechet_distance_to_features, kid, reference_stats
 from dae_gen.metrics.inception import InceptionFeatures, quantize, resolve_weights_path
+from dae_gen.samplers.langevin import model_device
 
 
 def evaluate_samples(samples_uint8: Tensor, *, reference: ReferenceStats, extractor: InceptionFeatures,
@@ -48,13 +49,6 @@ def dataset_reference(data, *, split: str, n_reference: int | None, seed: int,
     key = {"dataset": getattr(data, "name", "images"), "split": split, "resolution": list(data.shape), "n": n,
            "subset": "all" if n == len(data) else f"randperm(seed={seed})"}
     return reference_stats(images_fn=images, key=key, cache_dir=cache_dir, extractor=extractor)
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    tensor = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 class FIDMonitor:
@@ -101,7 +95,7 @@ class FIDMonitor:
 
     def __call__(self, model: torch.nn.Module, step: int) -> dict:
         started = time.perf_counter()
-        device = _model_device(model)
+        device = model_device(model)
         if self.reference is None:
             self._setup(device)
         batches, nonfinite = [], 0

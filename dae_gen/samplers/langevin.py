@@ -50,8 +50,8 @@ def annealed_langevin(score: Score, x: Tensor, sigmas: Tensor, *, n_steps_each: 
             x = x + 0.5 * alpha * grad + alpha.sqrt() * noise
             i += 1
             if callback is not None:
-                callback({"i": i, "n": total, "x": x, "sigma": float(sigma),
-                          "grad_norm": float(grad.norm() / x.shape[0] ** 0.5)})
+                # tensors, not floats: a host sync per step would stall a GPU chain
+                callback({"i": i, "n": total, "x": x, "sigma": sigma, "grad": grad})
     if denoise:
         x = denoise_step(score, x, sigmas[-1])
     return x
@@ -68,10 +68,11 @@ def initial_state(shape: tuple[int, ...], *, init: str, init_low: float, init_hi
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter (or buffer); CPU for a model with neither."""
     tensor = next(iter(model.parameters()), None)
     if tensor is None:
-        tensor = next(iter(model.buffers()))
-    return tensor.device
+        tensor = next(iter(model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def sample_annealed_langevin(model, n: int, *, n_steps_each: int = 100, step_lr: float = 2e-5, denoise: bool = True,
