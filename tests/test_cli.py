@@ -7,10 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from conftest import CONFIG_DIR, REPO
+from dae_gen.noise import geometric_sigmas
+from dae_gen.objectives.base import Objective
+from dae_gen.samplers.temperature import temperature_schedule
 
 FAST = ["trainer.steps=6", "trainer.log_every=2", "trainer.ckpt_every=3", "trainer.sample_every=0",
         "trainer.n_samples=4", "trainer.batch_size=8", "trainer.progress=false", "trainer.tensorboard=false",
@@ -31,11 +35,71 @@ def test_every_model_config_instantiates(compose_train, name):
     assert dict(model.phases)
 
 
-@pytest.mark.parametrize("name", options("sampler"))
-def test_every_sampler_config_instantiates(compose_train, name):
-    cfg = compose_train(f"sampler={name}")
-    if "_target_" in cfg.sampler:
-        assert callable(instantiate(cfg.sampler))
+class _Gaussian(Objective):
+    """Data N(m, s² I) in 2-D with its exact smoothed score −(x − m)/(s² + σ²) and an exact generator."""
+
+    def __init__(self, mean=(1.0, -0.5), s=0.5):
+        super().__init__(data_shape=(2,))
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("sigma_levels", geometric_sigmas(2.0, 0.05, 8))
+        self.s, self.sigma0 = s, 0.1
+
+    def score(self, x, sigma):
+        return -(x - self.mean) / (self.s**2 + sigma.reshape(-1, 1) ** 2)
+
+    def generate(self, n, *, generator=None):
+        return self.mean + self.s * torch.randn(n, 2, generator=generator)
+
+
+def _langevin_moments(m, s, *, start_mean, start_var, steps, final_sigma):
+    """Exact mean and variance of x ← (1 − a)x + a·m + √(noise var)·ξ over (a, noise var) steps, then the
+    Tweedie jump at ``final_sigma``, which scales deviations from m by s²/(s² + σ²)."""
+    mean, var = start_mean, start_var
+    for a, noise_var in steps:
+        mean, var = (1 - a) * mean + a * m, (1 - a) ** 2 * var + noise_var
+    shrink = s**2 / (s**2 + final_sigma**2)
+    return m + shrink * (mean - m), shrink * var**0.5
+
+
+SAMPLER_CASES = {  # config name: (overrides that keep it quick, expected moments for _Gaussian)
+    "annealed_langevin": (["sampler.n_steps_each=50", "sampler.step_lr=1e-3", "sampler.init=gaussian"],
+                          lambda cfg, model: _langevin_moments(
+                              model.mean, model.s, start_mean=0.0, start_var=float(model.sigmas[0]) ** 2,
+                              final_sigma=float(model.sigmas[-1]),
+                              steps=[(0.5 * a / (model.s**2 + sig**2), a)
+                                     for sig in model.sigmas.tolist()
+                                     for a in [cfg.step_lr * sig**2 / model.sigmas[-1].item() ** 2]
+                                     for _ in range(cfg.n_steps_each)])),
+    "temperature_langevin": (["sampler.n_steps_hot=50", "sampler.n_steps_anneal=200", "sampler.n_steps_cool=50",
+                              "sampler.step_size=0.2"],
+                             lambda cfg, model: _langevin_moments(
+                                 model.mean, model.s, start_mean=cfg.init_mean, start_var=cfg.init_std**2,
+                                 final_sigma=model.sigma0,
+                                 steps=[(0.5 * cfg.step_size**2 / (model.s**2 + model.sigma0**2),
+                                         t * cfg.step_size**2)
+                                        for t in temperature_schedule(n_steps_hot=cfg.n_steps_hot,
+                                                                      temp_hot=cfg.temp_hot,
+                                                                      n_steps_anneal=cfg.n_steps_anneal,
+                                                                      n_steps_cool=cfg.n_steps_cool).tolist()])),
+    "generator": ([], lambda cfg, model: (model.mean, torch.full((2,), model.s))),
+}
+
+
+def test_every_sampler_config_has_a_ground_truth_case():
+    assert set(options("sampler")) - {"from_run"} == set(SAMPLER_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLER_CASES))
+def test_every_sampler_config_reproduces_the_exact_moments_of_a_gaussian(compose_train, name):
+    overrides, expected = SAMPLER_CASES[name]
+    cfg = compose_train(f"sampler={name}", *overrides)
+    model, n = _Gaussian(), 4000
+    x = instantiate(cfg.sampler)(model, n, generator=torch.Generator().manual_seed(0))
+    mean, std = expected(cfg.sampler, model)
+    mean, std = torch.as_tensor(mean, dtype=x.dtype).expand(2), torch.as_tensor(std, dtype=x.dtype).expand(2)
+    assert x.shape == (n, 2)
+    assert torch.allclose(x.mean(0), mean, atol=4 * float(std.max()) / n**0.5)
+    assert torch.allclose(x.std(0), std, rtol=0.045)  # 4 standard errors of a std at n = 4000
 
 
 @pytest.mark.parametrize("name", options("trainer"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import fit_on_mixture
+from conftest import fit_on_mixture, score_errors
 from dae_gen.density import GaussianMixture
 from dae_gen.nets.mlp import ScoreMLP
 from dae_gen.noise import geometric_sigmas, sample_levels
@@ -114,12 +114,7 @@ def test_trained_mlp_dae_score_matches_the_smoothed_mixture_score():
     net = functools.partial(ScoreMLP, hidden=64, depth=2, divide_by_sigma=False)
     model = DenoisingAutoencoder(net=net, data_shape=(2,), sigmas=[sigma])
     gen = fit_on_mixture(model, mixture, steps=1000, lr=5e-3, eta_min=2.5e-4)
-    smoothed = mixture.smoothed(sigma)
-    y = smoothed.sample(4000, gen).float()
-    with torch.no_grad():
-        estimate = model.score(y, torch.full((4000,), sigma))
-    exact = smoothed.score(y)
-    rel_error = (estimate - exact).pow(2).sum(1).mean() / exact.pow(2).sum(1).mean()
+    rel_error, _ = score_errors(model, mixture, sigma, gen)
     assert rel_error < 0.15, f"relative score error {rel_error:.3f}"
 
 
@@ -132,12 +127,7 @@ def test_trained_multi_level_dae_score_matches_at_every_level():
     model = DenoisingAutoencoder(net=net, data_shape=(2,), sigmas=sigmas)
     gen = fit_on_mixture(model, mixture, steps=1500, lr=5e-3, eta_min=2.5e-4)
     for sigma in sigmas.tolist():
-        smoothed = mixture.smoothed(sigma)
-        y = smoothed.sample(4000, gen).float()
-        with torch.no_grad():
-            estimate = model.score(y, torch.full((4000,), sigma))
-        exact = smoothed.score(y)
-        rel_error = (estimate - exact).pow(2).sum(1).mean() / exact.pow(2).sum(1).mean()
+        rel_error, _ = score_errors(model, mixture, sigma, gen)
         assert rel_error < 0.2, f"σ={sigma:.3f}: relative score error {rel_error:.3f}"
 
 

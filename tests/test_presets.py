@@ -1,5 +1,7 @@
 """Every published-setting preset has a CPU debug variant that trains a few steps on fake (or real) data."""
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,9 @@ def test_debug_preset_trains_a_few_steps(compose_train, fake_root, tmp_path, pre
         cfg.dataset.root = str(fake_root)
     result = train(cfg, tmp_path)
     assert result["step"] == cfg.trainer.steps
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [value for row in rows for key, value in row.items() if key.startswith("loss/")]
+    assert len(rows) == cfg.trainer.steps and losses and all(math.isfinite(v) for v in losses)
     state = load_checkpoint(tmp_path)
     assert state["step"] == cfg.trainer.steps
     assert (tmp_path / "samples.png").is_file()
