@@ -215,7 +215,6 @@ class Trainer:
                 self.schedulers[name] = lr_schedule(self.optimizers[name], total_steps=self.steps)
         D.broadcast_module(self.objective)  # every rank starts from rank 0's weights
         self.ema = EMA(self.objective, decay=ema_decay)
-        self._forward = objective
         if compile:
             for module in objective.children():
                 module.compile()
@@ -290,7 +289,7 @@ class Trainer:
         self.objective.zero_grad(set_to_none=True)
         x = self.data.batch(self.batch_size, generator=self.data_generator)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
-            losses = self._forward(name, x)
+            losses = self.objective(name, x)
         if losses.ndim != 1 or losses.shape[0] != x.shape[0]:
             raise RuntimeError(f"{type(self.objective).__name__}.losses({name!r}) must return per-example losses of "
                                f"shape ({x.shape[0]},), got {tuple(losses.shape)}")

@@ -15,7 +15,7 @@ from dae_gen.nets.mlp import ScoreMLP
 from dae_gen.noise import geometric_sigmas
 from dae_gen.objectives.base import Objective
 from dae_gen.objectives.dsm import DenoisingScoreMatching
-from dae_gen.trainer import EMA, Trainer, TrainingDiverged, clip_gradients, cosine_schedule
+from dae_gen.trainer import EMA, Trainer, TrainingDiverged, clip_gradients, cosine_schedule, warmup_schedule
 
 
 def make_trainer(run_dir, *, steps, ckpt_every=5, objective=None, **kwargs):
@@ -206,3 +206,14 @@ def test_lr_schedules_advance_once_per_step_whatever_the_repeats(tmp_path):
     expected = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 0.5))
     for name in ("a", "b"):
         assert trainer.optimizers[name].param_groups[0]["lr"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_warmup_schedule_ramps_linearly_then_holds():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+    sched = warmup_schedule(opt, total_steps=100, warmup_steps=4)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(6):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.2, 0.2, 0.2])
