@@ -20,10 +20,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from dae_gen.objectives.base import input_gradient
+from dae_gen.score import Callback, DensityModel, EnergyModel, input_gradient
 
 LogDensity = Callable[[Tensor], Tensor]
-Callback = Callable[[dict], None] | None
 SCHEDULES = ("sigmoid", "geometric", "linear")
 
 
@@ -273,9 +272,9 @@ def model_log_f(model, *, temperature: float = 1.0) -> LogDensity:
     """``log f = −E/T`` for a model with ``energy(x)`` (annealed DSM), ``f/T`` with ``log_density(x)`` (DDE)."""
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    if hasattr(model, "energy"):
+    if isinstance(model, EnergyModel):
         return lambda x: -model.energy(x) / temperature
-    if hasattr(model, "log_density"):
+    if isinstance(model, DensityModel):
         return lambda x: model.log_density(x) / temperature
     raise ValueError(f"{type(model).__name__} has neither energy(x) nor log_density(x); AIS log-likelihoods need "
                      "an energy model (e.g. AnnealedDSMEnergy) or a density estimator (e.g. DenoisingDensityEstimator)")

@@ -14,13 +14,11 @@ from typing import Any
 
 import torch
 
+from dae_gen.errors import CheckpointError
+
 FORMAT = "dae_gen.checkpoint/1"
 REQUIRED_KEYS = ("format", "step", "model", "ema", "config")
 _STEP_FILE = re.compile(r"^ckpt_(\d+)\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, hostile or from another program."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -63,18 +61,21 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint with the highest step in ``run_dir/checkpoints``, or None."""
+def step_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``ckpt_<step>.pt`` in ``run_dir/checkpoints``, oldest first."""
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
-        return None
-    steps = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
-    return max(steps)[1] if steps else None
+        return []
+    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name)))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest step in ``run_dir/checkpoints``, or None."""
+    steps = step_checkpoints(run_dir)
+    return steps[-1][1] if steps else None
 
 
 def prune_checkpoints(run_dir: str | Path, *, keep: int) -> None:
     """Delete all but the ``keep`` newest step checkpoints (``best.pt`` is never touched)."""
-    folder = checkpoint_dir(run_dir)
-    steps = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name)))
-    for _, path in steps[:-keep] if keep > 0 else []:
+    for _, path in step_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         path.unlink(missing_ok=True)

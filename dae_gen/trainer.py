@@ -30,11 +30,8 @@ from dae_gen.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from dae_gen.errors import TrainingDiverged
 from dae_gen.objectives.base import Objective
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradients became NaN/inf; the last good checkpoint is left untouched."""
 
 
 # -- learning-rate schedules (pure functions of the step) ----------------------------------------------

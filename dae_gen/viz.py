@@ -73,15 +73,27 @@ def save_scatter(points: Tensor, path: str | Path, *, reference: Tensor | None =
     return path
 
 
-def sample_saver(data) -> Callable[[Tensor, Path], Path]:
-    """The right picture for a dataset: image grid (model range → [0, 1]) or 2-D scatter with reference data."""
-    if data.kind == "image":
-        size = data.shape[-1]
-        return lambda x, path: save_image_grid(data.to_unit(x), path, scale=max(1, 64 // size))
-    if data.kind == "points":
-        reference = data.sample(2000, generator=torch.Generator().manual_seed(0)).cpu()
-        return lambda x, path: save_scatter(x, path, reference=reference, bounds=data.bounds)
-    raise ValueError(f"no picture for data of kind {data.kind!r}")
+def reference_points(data, n: int = 2000) -> Tensor | None:
+    """``n`` exact samples (seed 0) of a 2-D dataset, drawn behind its samples in scatter plots; None for images."""
+    if data.kind != "points":
+        return None
+    return data.sample(n, generator=torch.Generator().manual_seed(0)).cpu()
+
+
+def sample_saver(info, *, reference: Tensor | None = None, title: str | None = None
+                 ) -> Callable[[Tensor, Path], Path]:
+    """The right picture for a dataset: an image grid (model range → [0, 1]) or a 2-D scatter plot.
+
+    info:       a ``DataInfo`` (``kind``, ``shape``, ``to_unit``, ``bounds``).
+    reference:  points drawn lightly behind 2-D samples (e.g. 2000 exact data samples).
+    title:      scatter plots only.
+    """
+    if info.kind == "image":
+        size = info.shape[-1]
+        return lambda x, path: save_image_grid(info.to_unit(x), path, scale=max(1, 64 // size))
+    if info.kind == "points":
+        return lambda x, path: save_scatter(x, path, reference=reference, bounds=info.bounds, title=title)
+    raise ValueError(f"no picture for data of kind {info.kind!r}")
 
 
 def save_trajectory_strip(frames: Sequence[Tensor], path: str | Path, *, to_unit: Callable[[Tensor], Tensor],

@@ -15,11 +15,11 @@ CONFIG_DIR = str(REPO / "configs")
 
 @pytest.fixture
 def compose_train():
-    """Compose the train config with overrides (Hydra's compose API, as the CLI would)."""
-    from hydra import compose, initialize_config_dir
+    """Compose the train config with overrides (Hydra's compose API on the installed configs, as the CLI would)."""
+    from hydra import compose, initialize_config_module
 
     def _compose(*overrides: str):
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        with initialize_config_module(config_module="dae_gen.configs", version_base="1.3"):
             return compose(config_name="train", overrides=list(overrides), return_hydra_config=False)
 
     return _compose

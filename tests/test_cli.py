@@ -42,7 +42,7 @@ class _Gaussian(Objective):
         super().__init__(data_shape=(2,))
         self.register_buffer("mean", torch.tensor(mean))
         self.register_buffer("sigma_levels", geometric_sigmas(2.0, 0.05, 8))
-        self.s, self.sigma0 = s, 0.1
+        self.s = s
 
     def score(self, x, sigma):
         return -(x - self.mean) / (self.s**2 + sigma.reshape(-1, 1) ** 2)
@@ -74,8 +74,8 @@ SAMPLER_CASES = {  # config name: (overrides that keep it quick, expected moment
                               "sampler.step_size=0.2"],
                              lambda cfg, model: _langevin_moments(
                                  model.mean, model.s, start_mean=cfg.init_mean, start_var=cfg.init_std**2,
-                                 final_sigma=model.sigma0,
-                                 steps=[(0.5 * cfg.step_size**2 / (model.s**2 + model.sigma0**2),
+                                 final_sigma=model.reference_sigma,
+                                 steps=[(0.5 * cfg.step_size**2 / (model.s**2 + model.reference_sigma**2),
                                          t * cfg.step_size**2)
                                         for t in temperature_schedule(n_steps_hot=cfg.n_steps_hot,
                                                                       temp_hot=cfg.temp_hot,

@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
-from conftest import CONFIG_DIR
 from dae_gen.data.digits import digits
 from dae_gen.metrics.inception import default_weights_path
 
@@ -17,7 +16,7 @@ N = 24
 
 
 def compose_eval(*overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module(config_module="dae_gen.configs", version_base="1.3"):
         return compose(config_name="eval", overrides=list(overrides))
 
 

@@ -211,7 +211,7 @@ def test_fid_monitor_of_the_data_itself_is_zero(tmp_path):
     data = ImageTensorData(images, scale="symmetric", name="toy/train")
     seen = []
 
-    def sampler(model, n, *, generator):  # a "perfect model": replays the data, in the model's range
+    def sampler(model, n, *, generator, callback=None):  # a "perfect model": replays the data, in the model's range
         start = 16 * len(seen)
         seen.append(generator)
         return data.scale_uint8(images[start:start + n])
@@ -238,7 +238,7 @@ def test_fid_monitor_counts_diverged_samples_and_rejects_point_data():
     images = torch.randint(0, 256, (10, 1, 4, 4), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     data = ImageTensorData(images)
 
-    def sampler(model, n, *, generator):
+    def sampler(model, n, *, generator, callback=None):
         x = data.scale_uint8(images[:n])
         x[:3, 0, 0, 0] = float("nan")  # three diverged chains per batch
         return x

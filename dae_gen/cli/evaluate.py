@@ -21,9 +21,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dae_gen.checkpoint import load_checkpoint
-from dae_gen.cli.common import CONFIG_DIR, draw_samples, load_run, resolve_device, run_sampler
+from dae_gen.cli.common import CONFIG_PATH, cli_sampler
+from dae_gen.distributed import resolve_device
 from dae_gen.metrics.evaluate import dataset_reference, evaluate_samples
 from dae_gen.metrics.inception import InceptionFeatures, quantize
+from dae_gen.run import load_run
+from dae_gen.samplers.batches import draw_samples
 
 
 def _load_npz_images(path: str | Path) -> tuple[torch.Tensor, int | None]:
@@ -41,11 +44,12 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
         torch.set_num_threads(int(cfg.threads))
     if cfg.run is None and cfg.samples is None:
         raise ValueError("give run=<run dir or checkpoint> (to sample) and/or samples=<file.npz> (to evaluate)")
-    device = resolve_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     started = time.perf_counter()
-    run_cfg, model, step, sampler_cfg = None, None, None, None
+    run, run_cfg, step, sampler_cfg = None, None, None, None
     if cfg.samples is None:
-        run_cfg, model, step = load_run(cfg.run, device=device, use_ema=cfg.use_ema)
+        run = load_run(cfg.run, device=device, use_ema=cfg.use_ema)
+        run_cfg, step = run.config, run.step
     elif cfg.run is not None:  # saved samples: the run only names the reference data
         run_cfg = OmegaConf.create(load_checkpoint(cfg.run)["config"])
     dataset_cfg = cfg.dataset if cfg.dataset is not None else (run_cfg.dataset if run_cfg is not None else None)
@@ -65,8 +69,9 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
     if cfg.samples is not None:
         images, step = _load_npz_images(cfg.samples)
     else:
-        sampler, sampler_cfg = run_sampler(run_cfg, cfg.get("sampler"))
-        samples = draw_samples(model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed, device=device)
+        sampler, sampler_cfg = cli_sampler(run, cfg.get("sampler"))
+        samples = draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
+                               progress=True)
         images = quantize(data.to_unit(samples))
     if tuple(images.shape[1:]) != tuple(data.shape):
         raise ValueError(f"samples have shape {tuple(images.shape[1:])} but the reference images {tuple(data.shape)}")
@@ -83,7 +88,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
     return result
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     result = evaluate(cfg, HydraConfig.get().runtime.output_dir)
     print(json.dumps({k: result[k] for k in ("fid", "kid_mean", "kid_std", "n", "step")}))

@@ -15,34 +15,33 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from dae_gen.cli.common import CONFIG_DIR, draw_samples, load_run, resolve_device, run_sampler
+from dae_gen.cli.common import CONFIG_PATH, cli_sampler
 from dae_gen.metrics.inception import quantize
-from dae_gen.viz import sample_saver
+from dae_gen.run import load_run
+from dae_gen.samplers.batches import draw_samples
 
 
 def sample(cfg: DictConfig, out_dir: str | Path) -> Path:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    device = resolve_device(cfg.device)
-    run_cfg, model, step = load_run(cfg.run, device=device, use_ema=cfg.use_ema)
-    sampler, _ = run_sampler(run_cfg, cfg.get("sampler"))
-    samples = draw_samples(model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed, device=device)
+    run = load_run(cfg.run, device=cfg.device, use_ema=cfg.use_ema)
+    sampler, _ = cli_sampler(run, cfg.get("sampler"))
+    samples = draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
+                           progress=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = instantiate(run_cfg.dataset)
-    grid = sample_saver(data)(samples, out_dir / "samples.png")
+    grid = run.save_grid(samples, out_dir / "samples.png")
     if cfg.save_npz:
-        payload = {"samples": samples.numpy(), "step": np.int64(step)}
-        if data.kind == "image":
-            payload["images_uint8"] = quantize(data.to_unit(samples)).numpy()
+        payload = {"samples": samples.numpy(), "step": np.int64(run.step)}
+        if run.data.kind == "image":
+            payload["images_uint8"] = quantize(run.to_unit(samples)).numpy()
         np.savez_compressed(out_dir / "samples.npz", **payload)
     return grid
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="sample", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     sample(cfg, HydraConfig.get().runtime.output_dir)
 

@@ -19,8 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dae_gen import distributed as D
-from dae_gen.cli.common import CONFIG_DIR
-from dae_gen.viz import sample_saver
+from dae_gen.cli.common import CONFIG_PATH
+from dae_gen.viz import reference_points, sample_saver
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
@@ -36,18 +36,19 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     evaluator = instantiate(cfg.metrics)(data=data, sampler=sampler) if cfg.get("metrics") else None
     config = OmegaConf.to_container(cfg, resolve=True)
     config["data_shape"] = list(data.shape)
+    config["data_info"] = data.info.as_dict()  # so that sampling never rebuilds the dataset
     run_dir = Path(run_dir)
     if D.is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
     make_trainer = instantiate(cfg.trainer)  # a partial; the objects below must not be re-instantiated
     trainer = make_trainer(objective=model, data=data, run_dir=run_dir, sampler=sampler,
-                           save_samples=sample_saver(data), evaluator=evaluator, seed=cfg.seed, device=device,
+                           save_samples=sample_saver(data.info, reference=reference_points(data)), evaluator=evaluator, seed=cfg.seed, device=device,
                            run_config=config)
     return trainer.fit()
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     try:
         result = train(cfg, HydraConfig.get().runtime.output_dir)

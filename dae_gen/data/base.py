@@ -6,21 +6,63 @@ Every dataset object offers the same small interface the trainer and samplers re
 - ``kind``: ``"image"`` or ``"points"`` (decides how samples are drawn and shown);
 - ``batch(batch_size, generator=...)``: a float batch in the model's range, on ``self.device``;
 - ``to(device)``: move the stored data;
-- for images, ``to_unit(x)``: model range → [0, 1] (for grids and FID), and ``data_range``.
+- for images, ``to_unit(x)``: model range → [0, 1] (for grids and FID), and ``data_range``;
+- ``info``: a :class:`DataInfo`, the description a checkpoint carries so that sampling never rebuilds a dataset.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
+from dae_gen.errors import DataError
+
 SCALES = {"unit": (0.0, 1.0), "symmetric": (-1.0, 1.0)}
+KINDS = ("image", "points")
 
 
-class DataError(RuntimeError):
-    """A dataset is missing, corrupt or not what the config asked for."""
+@dataclass(frozen=True)
+class DataInfo:
+    """What a trained model needs to know of its data, stored in every checkpoint (``config["data_info"]``).
+
+    name:        the dataset and split, e.g. ``"digits/train"``.
+    kind:        ``"image"`` or ``"points"``.
+    shape:       the shape of one example, e.g. ``(1, 8, 8)`` or ``(2,)``.
+    data_range:  images: the model range ``(lo, hi)`` that maps to pixel values 0 and 255.
+    bounds:      points: the plotting window ``(lo, hi)`` of both axes.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    data_range: tuple[float, float] | None = None
+    bounds: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"data kind must be one of {KINDS}, got {self.kind!r}")
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        for field in ("data_range", "bounds"):
+            value = getattr(self, field)
+            if value is not None:
+                object.__setattr__(self, field, (float(value[0]), float(value[1])))
+
+    def to_unit(self, x: Tensor) -> Tensor:
+        """Images: model range → [0, 1], clamped (for grids and FID)."""
+        if self.data_range is None:
+            raise ValueError(f"{self.name} is {self.kind!r} data: it has no pixel range")
+        lo, hi = self.data_range
+        return ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DataInfo":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(values).items()})
 
 
 class ImageTensorData:
@@ -73,10 +115,13 @@ class ImageTensorData:
         lo, hi = self.data_range
         return x * (hi - lo) + lo
 
+    @property
+    def info(self) -> DataInfo:
+        return DataInfo(name=self.name, kind=self.kind, shape=self.shape, data_range=self.data_range)
+
     def to_unit(self, x: Tensor) -> Tensor:
         """Model range → [0, 1], clamped (for grids and FID)."""
-        lo, hi = self.data_range
-        return ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+        return self.info.to_unit(x)
 
     def _next_indices(self, batch_size: int, generator: torch.Generator | None) -> Tensor:
         n = len(self)
@@ -139,6 +184,10 @@ class PointData:
     def to(self, device: torch.device | str) -> "PointData":
         self._device = torch.device(device)
         return self
+
+    @property
+    def info(self) -> DataInfo:
+        return DataInfo(name=self.name, kind=self.kind, shape=self.shape, bounds=self.bounds)
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         return self.sampler(n, generator=generator).to(self._device)

@@ -12,7 +12,8 @@ from torch import Tensor
 
 from dae_gen.metrics.fid import ReferenceStats, frechet_distance_to_features, kid, reference_stats
 from dae_gen.metrics.inception import InceptionFeatures, quantize, resolve_weights_path
-from dae_gen.samplers.langevin import model_device
+from dae_gen.samplers.batches import draw_samples
+from dae_gen.score import model_device
 
 
 def evaluate_samples(samples_uint8: Tensor, *, reference: ReferenceStats, extractor: InceptionFeatures,
@@ -67,12 +68,14 @@ class FIDMonitor:
     seed:         seeds the sampler's generator (the same noise at every evaluation) and the KID subsets.
     device:       where Inception runs (None: the model's device at the first call).
     extractor:    a ready feature network to share (None: built from ``weights_path`` at the first call).
+    progress:     progress bars while sampling.
     """
 
     def __init__(self, *, data, sampler: Callable[..., Tensor], n_samples: int, cache_dir: str | os.PathLike | None,
                  batch_size: int, split: str = "train", weights_path: str | os.PathLike | None = None,
                  n_reference: int | None = None, kid_subset_size: int = 1000, seed: int = 0,
-                 device: torch.device | str | None = None, extractor: InceptionFeatures | None = None):
+                 device: torch.device | str | None = None, extractor: InceptionFeatures | None = None,
+                 progress: bool = False):
         if getattr(data, "kind", None) != "image" or not hasattr(data, "images"):
             raise ValueError(f"FIDMonitor: expected image data with uint8 .images (ImageTensorData), got "
                              f"{type(data).__name__} of kind {getattr(data, 'kind', None)!r}; use the toy "
@@ -82,7 +85,7 @@ class FIDMonitor:
         self.data, self.sampler, self.n_samples, self.batch_size = data, sampler, int(n_samples), int(batch_size)
         self.cache_dir, self.split, self.weights_path = cache_dir, split, weights_path
         self.n_reference = len(data) if n_reference is None else min(int(n_reference), len(data))
-        self.kid_subset_size, self.seed, self.device = kid_subset_size, seed, device
+        self.kid_subset_size, self.seed, self.device, self.progress = kid_subset_size, seed, device, progress
         if extractor is None:
             resolve_weights_path(weights_path)  # fail at construction, not hours later at the first evaluation
         self.extractor = extractor
@@ -98,13 +101,11 @@ class FIDMonitor:
         device = model_device(model)
         if self.reference is None:
             self._setup(device)
-        batches, nonfinite = [], 0
-        for k, start in enumerate(range(0, self.n_samples, self.batch_size)):
-            # batch k seeded with seed + k, as dae-gen-eval does, so both draw the same noise
-            generator = torch.Generator(device=device).manual_seed(self.seed + k)
-            x = self.sampler(model, min(self.batch_size, self.n_samples - start), generator=generator)
-            nonfinite += int((~torch.isfinite(x.detach())).flatten(1).any(dim=1).sum())
-            batches.append(quantize(self.data.to_unit(x.detach())).cpu())
-        metrics = evaluate_samples(torch.cat(batches), reference=self.reference, extractor=self.extractor,
+        # batch k seeded with seed + k, as dae-gen-eval does, so both draw the same noise
+        x = draw_samples(model, self.sampler, self.n_samples, batch_size=self.batch_size, seed=self.seed,
+                         progress=self.progress, desc="FID samples")
+        nonfinite = int((~torch.isfinite(x)).flatten(1).any(dim=1).sum())
+        images = quantize(self.data.to_unit(x))
+        metrics = evaluate_samples(images, reference=self.reference, extractor=self.extractor,
                                    kid_subset_size=self.kid_subset_size, seed=self.seed)
         return {**metrics, "nonfinite": nonfinite, "seconds": time.perf_counter() - started}

@@ -1,7 +1,7 @@
 """The contract between a method and the one trainer.
 
-An objective owns its networks, turns a data batch into *per-example* losses, and exposes the score
-protocol of DESIGN.md §2: ``score(x, sigma) -> ∇_x log p_sigma(x)`` with the shape of ``x``.
+An objective owns its networks, turns a data batch into *per-example* losses, and satisfies the score
+protocol of ``dae_gen.score`` (``score``, ``sigmas``, ``data_shape``, ``reference_sigma``).
 
 Training is a cycle of *phases*. Each phase names a parameter group with its own optimiser and a number
 of repeats; a plain method has the single phase ``("model", 1)``, the DDE generative model has
@@ -15,28 +15,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-
-
-def expand_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
-    """Broadcast a per-example σ of shape ``(B,)`` (or a scalar) against ``x`` of shape ``(B, ...)``."""
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    if sigma.ndim == 0:
-        sigma = sigma.expand(x.shape[0])
-    return sigma.reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def input_gradient(scalar_fn, x: Tensor, *, create_graph: bool) -> tuple[Tensor, Tensor]:
-    """Return ``(f(x), ∇_x Σ_b f(x)_b)`` for a per-example scalar function ``f: (B, ...) -> (B,)``.
-
-    ``create_graph=True`` keeps the graph so a loss containing the gradient can be differentiated
-    again with respect to the parameters (double backward), as the energy and DDE losses need.
-    """
-    with torch.enable_grad():
-        if not x.requires_grad:
-            x = x.detach().requires_grad_(True)
-        value = scalar_fn(x)
-        (grad,) = torch.autograd.grad(value.sum(), x, create_graph=create_graph)
-    return value, grad
 
 
 class Objective(nn.Module):
@@ -78,6 +56,7 @@ class Objective(nn.Module):
         """Descending noise levels σ_1 > … > σ_L that annealed Langevin sampling runs over."""
         return self.sigma_levels
 
-    def generate(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """One-pass samples, for methods with a generator network (DDE generative model)."""
-        raise NotImplementedError(f"{type(self).__name__} has no generator; sample it with a Langevin sampler")
+    @property
+    def reference_sigma(self) -> float:
+        """The σ at which the score is read as the data's own: σ_L here; σ₀ for energies, σ for DDEs."""
+        return float(self.sigmas[-1])

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from dae_gen.noise import sample_levels, validate_sigmas
-from dae_gen.objectives.base import Objective, expand_sigma
+from dae_gen.objectives.base import Objective
+from dae_gen.score import expand_sigma
 
 WEIGHTINGS = ("sigma2", "none")
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from dae_gen.objectives.base import Objective, input_gradient
+from dae_gen.objectives.base import Objective
+from dae_gen.score import input_gradient
 
 
 def dde_losses(f: Callable[[Tensor], Tensor], x: Tensor, sigma: float) -> Tensor:

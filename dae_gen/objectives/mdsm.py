@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from dae_gen.noise import batch_spaced_sigmas, geometric_sigmas
-from dae_gen.objectives.base import Objective, expand_sigma, input_gradient
+from dae_gen.objectives.base import Objective
+from dae_gen.score import expand_sigma, input_gradient
 
 
 class AnnealedDSMEnergy(Objective):
@@ -47,6 +48,11 @@ class AnnealedDSMEnergy(Objective):
         self.spacing = spacing
         self.sigma0 = float(sigma0)
         self.register_buffer("sigma_levels", geometric_sigmas(self.sigma_high, self.sigma_low, n_sample_levels))
+
+    @property
+    def reference_sigma(self) -> float:
+        """σ₀: at T = 1 the energy is ``−log p_σ₀`` (the temperature sampler reads it there)."""
+        return self.sigma0
 
     def energy(self, x: Tensor) -> Tensor:
         """``E(x)`` of shape ``(B,)``."""

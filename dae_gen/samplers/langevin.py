@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
 from dae_gen.noise import validate_sigmas
-
-Score = Callable[[Tensor, Tensor], Tensor]
-Callback = Callable[[dict], None] | None
-
-
-def _sigma_batch(sigma: Tensor, x: Tensor) -> Tensor:
-    return sigma.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+from dae_gen.score import Callback, Score, ScoreModel, model_device, sigma_batch
 
 
 def denoise_step(score: Score, x: Tensor, sigma: float | Tensor) -> Tensor:
     """Tweedie's formula: ``E[x₀ | x] = x + σ² ∇log p_σ(x)`` (the final step of NCSNv2, Appendix C)."""
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    return x + sigma**2 * score(x, _sigma_batch(sigma, x))
+    return x + sigma**2 * score(x, sigma_batch(sigma, x))
 
 
 @torch.no_grad()
@@ -43,7 +35,7 @@ def annealed_langevin(score: Score, x: Tensor, sigmas: Tensor, *, n_steps_each: 
     total, i = len(sigmas) * n_steps_each, 0
     for sigma in sigmas:
         alpha = step_lr * (sigma / sigmas[-1]) ** 2
-        sigma_b = _sigma_batch(sigma, x)
+        sigma_b = sigma_batch(sigma, x)
         for _ in range(n_steps_each):
             grad = score(x, sigma_b)
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -67,15 +59,7 @@ def initial_state(shape: tuple[int, ...], *, init: str, init_low: float, init_hi
     raise ValueError(f"init must be 'uniform' or 'gaussian', got {init!r}")
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of a model's first parameter (or buffer); CPU for a model with neither."""
-    tensor = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
-def sample_annealed_langevin(model, n: int, *, n_steps_each: int = 100, step_lr: float = 2e-5, denoise: bool = True,
+def sample_annealed_langevin(model: ScoreModel, n: int, *, n_steps_each: int = 100, step_lr: float = 2e-5, denoise: bool = True,
                              init: str = "uniform", init_low: float = 0.0, init_high: float = 1.0,
                              sigmas: Tensor | None = None, generator: torch.Generator | None = None,
                              callback: Callback = None) -> Tensor:

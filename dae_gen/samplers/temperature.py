@@ -11,15 +11,11 @@ denoises (Tweedie at σ₀).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from dae_gen.samplers.langevin import model_device
-
-Score = Callable[[Tensor, Tensor], Tensor]
-Callback = Callable[[dict], None] | None
+from dae_gen.score import Callback, GenerativeModel, Score, ScoreModel, model_device
 
 
 def temperature_schedule(*, n_steps_hot: int = 500, temp_hot: float = 100.0, n_steps_anneal: int = 2000,
@@ -73,16 +69,16 @@ def temperature_annealed_langevin(score: Score, x: Tensor, *, sigma0: float, n_s
     return x
 
 
-def sample_temperature_langevin(model, n: int, *, n_steps_hot: int = 500, temp_hot: float = 100.0,
+def sample_temperature_langevin(model: ScoreModel, n: int, *, n_steps_hot: int = 500, temp_hot: float = 100.0,
                                 n_steps_anneal: int = 2000, n_steps_cool: int = 200, step_size: float = 0.02,
                                 denoise: bool = True, init_mean: float = 0.5, init_std: float = 1.0,
                                 sigma0: float | None = None, generator: torch.Generator | None = None,
                                 callback: Callback = None) -> Tensor:
     """Draw ``n`` samples from any score model by temperature-annealed Langevin from ``init_mean + init_std·N(0, I)``.
 
-    ``sigma0`` defaults to the model's ``sigma0`` (MDSM energy models) or else 0.1.
+    ``sigma0`` defaults to the model's ``reference_sigma`` (σ₀ of an energy model, σ of a DDE, σ_L otherwise).
     """
-    sigma0 = float(getattr(model, "sigma0", 0.1)) if sigma0 is None else float(sigma0)
+    sigma0 = float(model.reference_sigma) if sigma0 is None else float(sigma0)
     device = model_device(model)
     x = init_mean + init_std * torch.randn((n, *model.data_shape), generator=generator, device=device)
     return temperature_annealed_langevin(model.score, x, sigma0=sigma0, n_steps_hot=n_steps_hot, temp_hot=temp_hot,
@@ -90,8 +86,12 @@ def sample_temperature_langevin(model, n: int, *, n_steps_hot: int = 500, temp_h
                                          step_size=step_size, denoise=denoise, generator=generator, callback=callback)
 
 
-def sample_generator(model, n: int, *, generator: torch.Generator | None = None, callback: Callback = None) -> Tensor:
+def sample_generator(model: GenerativeModel, n: int, *, generator: torch.Generator | None = None,
+                     callback: Callback = None) -> Tensor:
     """One-pass samples ``model.generate(n)`` from a model with a generator network (DDE generative model)."""
+    if not isinstance(model, GenerativeModel):
+        raise TypeError(f"sampler=generator needs a model with a generator network; {type(model).__name__} has "
+                        "none: use a Langevin sampler")
     x = model.generate(n, generator=generator)
     if callback is not None:
         callback({"i": 1, "n": 1, "x": x})
