@@ -27,6 +27,7 @@ from dae_gen.metrics.evaluate import dataset_reference, evaluate_samples
 from dae_gen.metrics.inception import InceptionFeatures, quantize
 from dae_gen.run import load_run
 from dae_gen.samplers.batches import draw_samples
+from dae_gen.samplers.nfe import CountingModel
 
 
 def _load_npz_images(path: str | Path) -> tuple[torch.Tensor, int | None]:
@@ -46,7 +47,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
         raise ValueError("give run=<run dir or checkpoint> (to sample) and/or samples=<file.npz> (to evaluate)")
     device = torch.device(resolve_device(cfg.device))
     started = time.perf_counter()
-    run, run_cfg, step, sampler_cfg = None, None, None, None
+    run, run_cfg, step, sampler_cfg, nfe = None, None, None, None, None
     if cfg.samples is None:
         run = load_run(cfg.run, device=device, use_ema=cfg.use_ema)
         run_cfg, step = run.config, run.step
@@ -70,8 +71,10 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
         images, step = _load_npz_images(cfg.samples)
     else:
         sampler, sampler_cfg = cli_sampler(run, cfg.get("sampler"))
-        samples = draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
+        counted = CountingModel(run.model)
+        samples = draw_samples(counted, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
                                progress=True)
+        nfe = counted.nfe_per_image(cfg.n_samples)
         images = quantize(data.to_unit(samples))
     if tuple(images.shape[1:]) != tuple(data.shape):
         raise ValueError(f"samples have shape {tuple(images.shape[1:])} but the reference images {tuple(data.shape)}")
@@ -81,7 +84,8 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
     metrics = evaluate_samples(images, reference=reference, extractor=extractor,
                                kid_subset_size=min(cfg.kid_subset_size, len(images), reference.n), seed=cfg.seed)
     result = {**metrics, "n_reference": reference.n, "reference": reference.key, "step": step, "run": cfg.run,
-              "samples": cfg.samples, "sampler": sampler_cfg, "seconds": time.perf_counter() - started}
+              "samples": cfg.samples, "sampler": sampler_cfg, "nfe_per_image": nfe,
+              "seconds": time.perf_counter() - started}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2, default=str))
@@ -91,7 +95,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     result = evaluate(cfg, HydraConfig.get().runtime.output_dir)
-    print(json.dumps({k: result[k] for k in ("fid", "kid_mean", "kid_std", "n", "step")}))
+    print(json.dumps({k: result[k] for k in ("fid", "kid_mean", "kid_std", "n", "step", "nfe_per_image")}))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dae_gen.cli.common import CONFIG_PATH, cli_sampler
 from dae_gen.metrics.inception import quantize
 from dae_gen.run import load_run
 from dae_gen.samplers.batches import draw_samples
+from dae_gen.samplers.nfe import CountingModel
 
 
 def sample(cfg: DictConfig, out_dir: str | Path) -> Path:
@@ -28,13 +29,15 @@ def sample(cfg: DictConfig, out_dir: str | Path) -> Path:
         torch.set_num_threads(int(cfg.threads))
     run = load_run(cfg.run, device=cfg.device, use_ema=cfg.use_ema)
     sampler, _ = cli_sampler(run, cfg.get("sampler"))
-    samples = draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
+    counted = CountingModel(run.model)
+    samples = draw_samples(counted, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
                            progress=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = run.save_grid(samples, out_dir / "samples.png")
     if cfg.save_npz:
-        payload = {"samples": samples.numpy(), "step": np.int64(run.step)}
+        payload = {"samples": samples.numpy(), "step": np.int64(run.step),
+                   "nfe_per_image": np.float64(counted.nfe_per_image(cfg.n_samples))}
         if run.data.kind == "image":
             payload["images_uint8"] = quantize(run.to_unit(samples)).numpy()
         np.savez_compressed(out_dir / "samples.npz", **payload)
