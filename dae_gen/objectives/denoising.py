@@ -62,36 +62,36 @@ class DenoisingObjective(Objective):
         self.register_buffer("sigma_levels", as_sigma_schedule(sigmas))
 
     # -- the denoiser ------------------------------------------------------------------------------
-    def _coefficients(self, sigma: Tensor, x: Tensor) -> tuple[Coefficients, Tensor]:
-        """The coefficients broadcast against ``x`` in its dtype, and the ``(B,)`` noise label for the net."""
-        c = self.preconditioning.coefficients(sigma)
-        shaped = Coefficients(*(expand_sigma(v.to(x.dtype), x) for v in c))
-        return shaped, c.c_noise.to(x.dtype)
+    def _shaped(self, values: Tensor, x: Tensor) -> Tensor:
+        """A ``(B,)`` float64 coefficient in ``x``'s dtype, broadcast against ``x``."""
+        return expand_sigma(values.to(x.dtype), x)
+
+    def network(self, x: Tensor, c: Coefficients) -> Tensor:
+        """The raw ``F(c_in·x; c_noise)``."""
+        return self.net(self._shaped(c.c_in, x) * x, c.c_noise.to(x.dtype))
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         """``D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise)``, the estimate of ``E[x₀ | x]``. x ``(B, ...)``, σ ``(B,)``."""
-        c, label = self._coefficients(sigma, x)
-        return c.c_skip * x + c.c_out * self.net(c.c_in * x, label)
+        c = self.preconditioning.coefficients(sigma)
+        return self._shaped(c.c_skip, x) * x + self._shaped(c.c_out, x) * self.network(x, c)
 
     def score(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """``∇log p_σ(x) ≈ (D(x; σ) − x)/σ² = ((c_skip − 1)·x + c_out·F)/σ²``."""
-        c64 = self.preconditioning.coefficients(sigma)
+        """``∇log p_σ(x) ≈ (D(x; σ) − x)/σ² = ((c_skip − 1)·x + c_out·F)/σ²``, coefficients exact in float64."""
+        c = self.preconditioning.coefficients(sigma)
         var = torch.as_tensor(sigma).to(torch.float64).pow(2)
-        a = expand_sigma(((c64.c_skip - 1) / var).to(x.dtype), x)  # (c_skip − 1)/σ², exact in float64
-        b = expand_sigma((c64.c_out / var).to(x.dtype), x)
-        c_in = expand_sigma(c64.c_in.to(x.dtype), x)
-        return a * x + b * self.net(c_in * x, c64.c_noise.to(x.dtype))
+        return self._shaped((c.c_skip - 1) / var, x) * x + self._shaped(c.c_out / var, x) * self.network(x, c)
 
     # -- training ----------------------------------------------------------------------------------
     def losses(self, phase: str, x: Tensor) -> Tensor:
         sigma = self.training_sigma.sample(x.shape[0], self.sigma_levels).to(x.dtype)  # (B,)
         noise = torch.randn_like(x)
-        c, label = self._coefficients(sigma, x)
+        c = self.preconditioning.coefficients(sigma)
         s = expand_sigma(sigma, x)
-        out = self.net(c.c_in * (x + s * noise), label)
-        error = (c.c_skip - 1) * x + c.c_skip * s * noise + c.c_out * out  # D(x + σε; σ) − x, (B, ...)
-        weight = loss_weight(self.weighting, sigma, self.preconditioning.coefficients(sigma)).to(x.dtype)
-        return weight * error.pow(2).reshape(x.shape[0], -1).sum(dim=1)  # (B,)
+        out = self.network(x + s * noise, c)
+        c_skip = self._shaped(c.c_skip, x)
+        error = self._shaped(c.c_skip - 1, x) * x + c_skip * s * noise + self._shaped(c.c_out, x) * out  # D(x̃) − x
+        weight = loss_weight(self.weighting, sigma, c).to(x.dtype)  # λ(σ), (B,)
+        return weight * error.pow(2).reshape(x.shape[0], -1).sum(dim=1)
 
 
 def dsm_losses(score_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: Tensor, *,
