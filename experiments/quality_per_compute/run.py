@@ -99,8 +99,9 @@ def compose(overrides: list[str]):
 
 
 def common_overrides() -> list[str]:
+    # the trainer always ends with a grid: one sample keeps its cost out of the training budget
     return ["threads=1", "device=cpu", "trainer.progress=false", "trainer.tensorboard=false",
-            "trainer.sample_every=0", "trainer.log_every=100"]
+            "trainer.sample_every=0", "trainer.n_samples=1", "trainer.log_every=100"]
 
 
 def cpu_train(overrides: list[str], run_dir: Path) -> float:
@@ -173,7 +174,7 @@ def sample_and_score(run, evaluator: Evaluator, sampler: str | None, overrides: 
     run.save_grid(samples[:64], grid)
     metrics = evaluator.fid(quantize(run.to_unit(samples)))
     return {**metrics, "nfe_per_image": counted.nfe_per_image(n), "cpu_s_per_1000": cpu_s * 1000 / n,
-            "sampler": {k: v for k, v in settings.items() if k != "_partial_"}, "grid": str(grid.relative_to(HERE))}
+            "sampler": {k: v for k, v in settings.items() if k != "_partial_"}}
 
 
 def load_results(path: Path) -> list[dict]:
@@ -185,6 +186,21 @@ def save_results(path: Path, rows: list[dict]) -> None:
     path.write_text(json.dumps(rows, indent=2, default=str))
 
 
+def real_data_floor(dataset: str, *, out: Path, n: int) -> dict:
+    """FID of the first ``n`` real training images against the test split: the floor at this N."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from dae_gen.run import load_run
+
+    run = load_run(next(p.parent for p in sorted((out / "runs" / dataset).glob("*/train.json"))))
+    evaluator = Evaluator(run, cache_dir=CACHE)
+    train = instantiate({**OmegaConf.to_container(run.config.dataset, resolve=True), "split": "train"})
+    images = torch.as_tensor(train.images[:n])
+    return {"method": "real", "label": "train split", **evaluator.fid(images), "nfe_per_image": 0.0,
+            "cpu_s_per_1000": 0.0, "train": {"steps": 0, "cpu_minutes": 0.0}}
+
+
 def table(dataset: str, *, out: Path, n: int, methods: list[str]) -> None:
     from dae_gen.run import load_run
 
@@ -192,6 +208,10 @@ def table(dataset: str, *, out: Path, n: int, methods: list[str]) -> None:
     rows = load_results(path)
     done = {(r["method"], r["label"]) for r in rows}
     evaluator = None
+    if ("real", "train split") not in done and any((out / "runs" / dataset / m / "train.json").is_file()
+                                                   for m in methods):
+        rows.append(real_data_floor(dataset, out=out, n=n))  # the FID a perfect model gets at this N
+        save_results(path, rows)
     for method, label, sampler, overrides in TABLE[dataset]:
         run_dir = out / "runs" / dataset / method
         if method not in methods or (method, label) in done or not (run_dir / "train.json").is_file():
@@ -200,7 +220,7 @@ def table(dataset: str, *, out: Path, n: int, methods: list[str]) -> None:
         evaluator = evaluator or Evaluator(run, cache_dir=CACHE)
         grid = out / "grids" / f"{dataset}_{method}_{label.split(' (')[0].replace(' ', '_')}.png"
         row = {"method": method, "label": label, **sample_and_score(run, evaluator, sampler, overrides, n=n, grid=grid),
-               "train": json.loads((run_dir / "train.json").read_text())}
+               "grid": str(grid.relative_to(out)), "train": json.loads((run_dir / "train.json").read_text())}
         rows.append(row)
         save_results(path, rows)
         print(f"{dataset} {method:7s} {label:32s} FID {row['fid']:7.2f}  NFE {row['nfe_per_image']:7.1f}  "
@@ -221,7 +241,8 @@ def sweep(dataset: str, *, out: Path, n: int, smoke: bool) -> None:
                 continue
             grid = out / "grids" / "sweep" / f"{dataset}_{name}_{knob}_{value}.png"
             row = {"sampler_name": name, "knob": knob, "knob_value": value,
-                   **sample_and_score(run, evaluator, name, {knob: value, **extra}, n=n, grid=grid)}
+                   **sample_and_score(run, evaluator, name, {knob: value, **extra}, n=n, grid=grid),
+                   "grid": str(grid.relative_to(out))}
             rows.append(row)
             save_results(path, rows)
             print(f"{dataset} sweep {name:18s} {knob}={value:<8g} FID {row['fid']:7.2f}  NFE "
@@ -244,13 +265,22 @@ def report(dataset: str, *, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in SWEEP:
         mine = sorted((p["nfe_per_image"], p["fid"]) for p in points if p["sampler_name"] == name)
         if mine:
             ax.plot(*zip(*mine), marker="o", label=name)
+    floor = [r["fid"] for r in rows if r["method"] == "real"]
+    if floor:
+        ax.axhline(floor[0], color="grey", linestyle="--", label=f"real data (N = {points[0]['n']})")
+    baseline = [r for r in rows if r["method"] == "ncsn" and "preset" in r["label"]]
+    if baseline:
+        ax.plot([baseline[0]["nfe_per_image"]], [baseline[0]["fid"]], marker="*", markersize=12, linestyle="none",
+                color="black", label="NCSN model + its annealed Langevin")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("network calls per image (NFE)")
     ax.set_ylabel(f"FID@{points[0]['n']} vs test split")
     ax.set_title(f"{dataset}: every sampler on one EDM model")
