@@ -10,6 +10,7 @@ Examples::
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dae_gen import distributed as D
 from dae_gen.cli.common import CONFIG_PATH
+from dae_gen.errors import TrainingInterrupted
 from dae_gen.viz import reference_points, sample_saver
 
 
@@ -52,6 +54,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 def main(cfg: DictConfig) -> float:
     try:
         result = train(cfg, HydraConfig.get().runtime.output_dir)
+    except TrainingInterrupted as err:  # a stop signal: the checkpoint is written; one line, the signal's status
+        print(f"dae-gen-train: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     finally:
         D.shutdown()
     losses = [value for key, value in result.items() if key.startswith("loss/")]
