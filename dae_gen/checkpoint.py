@@ -113,8 +113,7 @@ def _read_error(err: Exception) -> str:
         return ("it holds objects other than tensors and plain containers, which are never unpickled"
                 + (f" ({detail[0]})" if detail else ""))
     first = next((line for line in text.splitlines() if line.strip()), "").split(". ")[0]
-    what = f"{type(err).__name__}: {first}" if first else f"{type(err).__name__} (the file is empty or ends early)"
-    return f"{what} (the file is corrupt or truncated)"
+    return f"the file is corrupt or truncated ({type(err).__name__}{': ' + first if first else ''})"
 
 
 def newest_readable_checkpoint(run_dir: str | Path, *, map_location: str | torch.device = "cpu"

@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from dae_gen.errors import DaeGenError
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -125,9 +129,9 @@ class _PhaseLoss(nn.Module):
         return self.objective(phase, x)
 
 
-def data_parallel(objective: nn.Module, phase: str, params: list[nn.Parameter], device: torch.device) -> nn.Module:
+def data_parallel(objective: nn.Module, params: list[nn.Parameter], device: torch.device) -> nn.Module:
     """The module a training step calls as ``module(phase, x)``: the objective itself on one process, else a
-    :class:`~torch.nn.parallel.DistributedDataParallel` over ``phase``'s parameters.
+    :class:`~torch.nn.parallel.DistributedDataParallel` over ``params`` (one phase's).
 
     DDP averages the gradients across ranks during ``backward`` (bucketed, overlapped with the computation).
     ``static_graph=True``: every phase uses the same parameters at every step, and the double-backward
@@ -167,6 +171,21 @@ def max_over_ranks(value: float | torch.Tensor, device: torch.device | str = "cp
     value = torch.as_tensor(value, dtype=torch.float32, device=device).reshape(1).clone()
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return float(value.item())
+
+
+def on_main(fn: Callable[[], T]) -> T | None:
+    """``fn()`` on rank 0 only: its result there, None elsewhere. When it raises a dae_gen error (a refused lock,
+    a failed write) every rank raises that error, so none is left waiting in a collective for a peer that quit."""
+    result, error = None, None
+    if is_main_process():
+        try:
+            result = fn()
+        except DaeGenError as err:
+            error = err
+    error = broadcast_object(error)
+    if error is not None:
+        raise error
+    return result
 
 
 def any_rank(flag: bool | torch.Tensor, device: torch.device | str = "cpu") -> bool:

@@ -141,18 +141,10 @@ class RunLock:
 def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
     """Hold ``run_dir``'s :class:`RunLock` on rank 0 for the duration; collective under several processes.
 
-    Rank 0 tries the lock and tells every rank the outcome, so a refusal raises :class:`RunLocked` on all ranks
+    Rank 0 tries the lock and every rank learns the outcome, so a refusal raises :class:`RunLocked` on all ranks
     together (a rank waiting for a peer that has already given up would hang until the collective timeout).
     """
-    lock, refusal = None, None
-    if D.is_main_process():
-        try:
-            lock = RunLock(run_dir).acquire()
-        except RunLocked as err:
-            refusal = str(err)
-    refusal = D.broadcast_object(refusal)
-    if refusal is not None:
-        raise RunLocked(refusal)
+    lock = D.on_main(RunLock(run_dir).acquire)
     try:
         yield
     finally:
@@ -252,19 +244,31 @@ class RunCheckpoints:
 
     def __init__(self, run_dir: str | Path, *, keep: int):
         self.run_dir, self.folder, self.keep = Path(run_dir), checkpoint_dir(run_dir), int(keep)
-        self.newest: Path | None = None  # the newest step checkpoint this run wrote or resumed from
+        self.newest: Path | None = None  # the newest step checkpoint this run wrote or resumed from (all ranks)
         self.newest_step: int | None = None
-        self.newest_max_abs_weight: float | None = None
+        self.newest_max_abs_weight: float | None = None  # known on rank 0
 
-    def save(self, state: dict[str, Any], *, name: str | None = None) -> Path | None:
-        """Write ``state`` as ``ckpt_<step>.pt`` (or ``name``) on rank 0; returns the path there, None elsewhere.
+    def save(self, state: dict[str, Any]) -> Path:
+        """Write ``state`` as ``ckpt_<step>.pt`` (rank 0), then delete all but the ``keep`` newest; collective.
 
-        A state with non-finite weights, EMA weights or optimiser moments is never written: it would make the
-        newest checkpoint one that cannot be resumed (:class:`TrainingDiverged`, the older files untouched).
+        A write error, or a state with non-finite weights, EMA weights or optimiser moments (never written: the
+        newest checkpoint must be one that can be resumed), raises on every rank; older files stay untouched.
         """
-        if not D.is_main_process():
-            return None
-        path = self.folder / (name or f"ckpt_{int(state['step']):08d}.pt")
+        path = self.folder / f"ckpt_{int(state['step']):08d}.pt"
+
+        def write() -> float:
+            largest = self.save_as(state, path.name)
+            prune_checkpoints(self.run_dir, keep=self.keep)
+            return largest
+
+        self.newest_max_abs_weight = D.on_main(write)
+        self.newest, self.newest_step = path, int(state["step"])
+        return path
+
+    def save_as(self, state: dict[str, Any], name: str) -> float:
+        """Write ``state`` as ``checkpoints/<name>`` from this process (e.g. ``best.pt``); returns its largest
+        ``|weight|``. Raises :class:`TrainingDiverged` for non-finite values, :class:`CheckpointError` for I/O."""
+        path = self.folder / name
         bad = nonfinite_entries(state)
         if bad:
             raise TrainingDiverged(
@@ -272,10 +276,7 @@ class RunCheckpoints:
                 f"{f' and {len(bad) - 3} more tensors' if len(bad) > 3 else ''}. {self.describe_newest()}")
         largest = max_abs_weight(state["model"])
         save_checkpoint({**state, "max_abs_weight": largest}, path)
-        if name is None:
-            self.newest, self.newest_step, self.newest_max_abs_weight = path, int(state["step"]), largest
-            prune_checkpoints(self.run_dir, keep=self.keep)
-        return path
+        return largest
 
     def describe_newest(self) -> str:
         """One sentence on the newest checkpoint (for messages); never claims one exists when none does."""
@@ -291,23 +292,12 @@ class RunCheckpoints:
         rotation but stay for inspection, and temporary files of dead writers are removed. When checkpoints exist
         but none can be read, :class:`CheckpointError` and nothing is changed.
         """
-        outcome: tuple[str, str | None] = ("ok", None)
-        state = None
-        if D.is_main_process():
-            try:
-                state, path = self._newest_readable(map_location)
-                outcome = ("ok", None if path is None else str(path))
-            except CheckpointError as err:
-                outcome = ("error", str(err))
-        outcome = D.broadcast_object(outcome)
-        if outcome[0] == "error":
-            raise CheckpointError(outcome[1])
-        if outcome[1] is None:
+        found = D.on_main(lambda: self._newest_readable(map_location))  # rank 0 sets unreadable ones aside
+        path = D.broadcast_object(None if found is None or found[1] is None else str(found[1]))
+        if path is None:
             return None
-        path = Path(outcome[1])
-        if state is None:
-            state = load_checkpoint(path, map_location=map_location)
-        self.newest, self.newest_step = path, int(state["step"])
+        state = found[0] if found is not None else load_checkpoint(path, map_location=map_location)
+        self.newest, self.newest_step = Path(path), int(state["step"])
         self.newest_max_abs_weight = state.get("max_abs_weight")
         return state
 
@@ -328,12 +318,12 @@ class RunCheckpoints:
         return state, path
 
     def _remove_stale_temporaries(self) -> None:
-        """Partial writes of killed processes (``*.pt.tmp<pid>``); the run lock guarantees no live writer."""
+        """Partial writes of killed processes (``*.pt.tmp<pid>`` whose PID is gone): never a live writer's."""
         if not self.folder.is_dir():
             return
-        mine = f"{TMP_INFIX}{os.getpid()}"
         for tmp in self.folder.glob(f"*.pt{TMP_INFIX}*"):
-            if not tmp.name.endswith(mine):
+            pid = tmp.name.rsplit(TMP_INFIX, 1)[1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
                 tmp.unlink(missing_ok=True)
 
 
@@ -349,7 +339,10 @@ class MetricsLog:
 
     def __init__(self, run_dir: str | Path, *, resume_step: int = 0, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
-        self._truncate_after(int(resume_step))
+        try:
+            self._truncate_after(int(resume_step))
+        except OSError as err:
+            raise RunDirError(f"cannot rewrite {self.path}: {describe_os_error(err)}") from None
         self.writer = None
         if tensorboard:
             try:

@@ -31,12 +31,12 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from dae_gen import distributed as D
 from dae_gen.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
@@ -221,7 +221,7 @@ class Trainer:
             for module in objective.children():
                 module.compile()
         # what a step calls per phase: the objective itself, or DDP over the phase's parameters
-        self.parallel = {name: D.data_parallel(self.objective, name, self.phase_params[name], self.device)
+        self.parallel = {name: D.data_parallel(self.objective, self.phase_params[name], self.device)
                          for name, _ in objective.phases}
         self.step = 0
         self.best = math.inf
@@ -278,9 +278,9 @@ class Trainer:
             torch.manual_seed(stream)
             self.data_generator.manual_seed(stream)
 
-    def save(self, *, name: str | None = None) -> Path | None:
-        """Checkpoint the current state (rank 0 writes; ``name`` for an extra file such as ``best.pt``)."""
-        return self.checkpoints.save(self.state_dict(), name=name)
+    def save(self) -> Path:
+        """Checkpoint the current state as ``ckpt_<step>.pt`` (rank 0 writes; every rank calls it)."""
+        return self.checkpoints.save(self.state_dict())
 
     def _checkpoint_step(self) -> bool:
         """Checkpoint the step just finished, unless it already is, or its weights have just given a non-finite
@@ -360,8 +360,8 @@ class Trainer:
                             callback=callback, desc=f"grid at step {self.step}")
 
     def _write_samples(self, stop: StopSignals | None = None) -> None:
-        """Draw and save a grid (rank 0), with its own progress bar; a stop signal abandons it."""
-        if self.sampler is None or self.save_samples is None or not D.is_main_process():
+        """Draw and save a grid (on rank 0), with its own progress bar; a stop signal abandons it."""
+        if self.sampler is None or self.save_samples is None:
             return
 
         def abort_on_stop(info: dict) -> None:
@@ -382,16 +382,16 @@ class Trainer:
             raise RunDirError(f"cannot write the sample grid {path}: {err.strerror or err}") from None
         self.newest_grid = path
 
-    def _evaluate(self, metrics_log: MetricsLog | None) -> None:
-        if self.evaluator is None or not D.is_main_process():
+    def _evaluate(self, metrics_log: MetricsLog) -> None:
+        """Run the evaluator on the EMA model (on rank 0); log its metrics; keep ``best.pt`` by ``best_metric``."""
+        if self.evaluator is None:
             return
         metrics = self.evaluator(self.ema.module, self.step)
-        if metrics_log is not None:
-            metrics_log.write(self.step, {f"eval/{k}": float(v) for k, v in metrics.items()})
+        metrics_log.write(self.step, {f"eval/{k}": float(v) for k, v in metrics.items()})
         value = metrics.get(self.best_metric)
         if value is not None and float(value) < self.best:
             self.best = float(value)
-            self.save(name="best.pt")
+            self.checkpoints.save_as(self.state_dict(), "best.pt")
 
     # -- stopping -----------------------------------------------------------------------------------
     def _stop_on_signal(self, stop: StopSignals, received: signal.Signals) -> None:
@@ -423,10 +423,8 @@ class Trainer:
                   start_step: int) -> dict[str, float]:
         values = {k: float(D.all_mean(v) if isinstance(v, Tensor) else v) for k, v in logs.items()}
         values["steps_per_s"] = (self.step - start_step) / max(time.perf_counter() - started, 1e-9)
-        if metrics_log is not None:
-            metrics_log.write(self.step, values)
-        if bar is not None:
-            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k.startswith("loss/")})
+        D.on_main(lambda: metrics_log.write(self.step, values))
+        bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k.startswith("loss/")})
         return values
 
     def _announce(self, resumed: bool) -> None:
@@ -440,6 +438,31 @@ class Trainer:
         else:
             log.info("new run: %d steps", self.steps)
 
+    def _stop_if_asked(self, stop: StopSignals) -> None:
+        """After each step: a stop signal (on any rank) or too many non-finite steps in a row end training."""
+        received = D.max_over_ranks(int(stop.received or 0), self.device)  # all ranks stop at the same step
+        if received:
+            self._stop_on_signal(stop, signal.Signals(int(received)))
+        if self.nonfinite_streak >= self.max_nonfinite_steps:
+            self._stop_diverged()
+
+    def _periodic_work(self, stop: StopSignals, metrics_log: MetricsLog | None) -> None:
+        if self.ckpt_every and self.step % self.ckpt_every == 0:
+            self._checkpoint_step()
+        if self.sample_every and self.step % self.sample_every == 0:
+            D.on_main(lambda: self._write_samples(stop))
+        if self.eval_every and self.step % self.eval_every == 0:
+            D.on_main(lambda: self._evaluate(metrics_log))
+
+    def _summarise(self, last: dict[str, float], seconds: float, start_step: int) -> None:
+        if not D.is_main_process():
+            return
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("loss/"))
+        log.info("finished %d steps (%d this session) in %.1f s%s%s; newest checkpoint %s; newest grid %s",
+                 self.step, self.step - start_step, seconds, f"; {losses}" if losses else "",
+                 f"; {self.skipped_steps} non-finite steps skipped" if self.skipped_steps else "",
+                 self.checkpoints.newest, self.newest_grid)
+
     def fit(self) -> dict[str, float]:
         """Train until ``steps``, resuming from the run directory's newest readable checkpoint if there is one.
 
@@ -451,46 +474,26 @@ class Trainer:
         with hold_run_dir(self.run_dir), StopSignals(self.stop_signals) as stop:
             resumed = self.maybe_resume()
             self._announce(resumed)
-            metrics_log = (MetricsLog(self.run_dir, resume_step=self.step, tensorboard=self.tensorboard)
-                           if main else None)
-            last: dict[str, float] = {}
-            started, start_step = time.perf_counter(), self.step
-            if self.progress and main:
-                from tqdm.auto import tqdm
-                bar = tqdm(total=self.steps, initial=self.step, desc="train", dynamic_ncols=True)
-            else:
-                bar = None
+            metrics_log = D.on_main(lambda: MetricsLog(self.run_dir, resume_step=self.step,
+                                                       tensorboard=self.tensorboard))  # None off rank 0
+            bar = tqdm(total=self.steps, initial=self.step, desc="train", dynamic_ncols=True,
+                       disable=not (self.progress and main))
+            started, start_step, last = time.perf_counter(), self.step, {}
             try:
-                with bar if bar is not None else nullcontext():
-                    while self.step < self.steps:
-                        logs = self.train_step()
-                        if self.log_every and (self.step % self.log_every == 0 or self.step == self.steps):
-                            last = self._log_step(logs, metrics_log, bar, started, start_step)
-                        if bar is not None:
-                            bar.update(1)
-                        received = D.max_over_ranks(int(stop.received or 0), self.device)  # ranks stop together
-                        if received:
-                            self._stop_on_signal(stop, signal.Signals(int(received)))
-                        if self.nonfinite_streak >= self.max_nonfinite_steps:
-                            self._stop_diverged()
-                        if self.ckpt_every and self.step % self.ckpt_every == 0:
-                            self._checkpoint_step()
-                        if self.sample_every and self.step % self.sample_every == 0:
-                            self._write_samples(stop)
-                        if self.eval_every and self.step % self.eval_every == 0:
-                            self._evaluate(metrics_log)
-                    self._checkpoint_step()
-                    if self.sample_every == 0 or self.step % self.sample_every:
-                        self._write_samples(stop)
+                while self.step < self.steps:
+                    logs = self.train_step()
+                    if self.log_every and (self.step % self.log_every == 0 or self.step == self.steps):
+                        last = self._log_step(logs, metrics_log, bar, started, start_step)
+                    bar.update(1)
+                    self._stop_if_asked(stop)
+                    self._periodic_work(stop, metrics_log)
+                self._checkpoint_step()
+                if self.sample_every == 0 or self.step % self.sample_every:
+                    D.on_main(lambda: self._write_samples(stop))
             finally:
+                bar.close()
                 if metrics_log is not None:
                     metrics_log.close()
             D.barrier()
-        seconds = time.perf_counter() - started
-        if main:
-            losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("loss/"))
-            log.info("finished %d steps (%d this session) in %.1f s%s%s; newest checkpoint %s; newest grid %s",
-                     self.step, self.step - start_step, seconds, f"; {losses}" if losses else "",
-                     f"; {self.skipped_steps} non-finite steps skipped" if self.skipped_steps else "",
-                     self.checkpoints.newest, self.newest_grid)
+        self._summarise(last, time.perf_counter() - started, start_step)
         return {**last, "resumed": float(resumed), "step": float(self.step)}

@@ -8,8 +8,10 @@
    group exists.
 2. Replicas stay identical while each rank draws its own data and noise (also after a resume).
 3. A run directory locked by another live process is refused on every rank; none waits for the others.
+4. A checkpoint write that fails on rank 0 (disk full) stops every rank with the same one-line error.
 """
 
+import errno
 import faulthandler
 import json
 import os
@@ -21,9 +23,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import dae_gen.checkpoint as checkpoint_module
 import dae_gen.objectives.mdsm as mdsm_module
 from dae_gen import distributed as D
 from dae_gen.data.toy import two_moons
+from dae_gen.errors import CheckpointError
 from dae_gen.nets.mlp import GeneratorMLP, ScalarMLP, ScoreMLP
 from dae_gen.noise import geometric_sigmas
 from dae_gen.objectives.dae import DenoisingAutoencoder
@@ -208,6 +212,21 @@ def main(out: Path) -> None:
     else:
         raise AssertionError("a locked run directory was not refused")
     assert not (locked / "checkpoints").exists() and not (locked / "metrics.jsonl").exists()
+
+    # 4. the disk fills up under rank 0's checkpoint: every rank raises the same error
+    if rank == 0:
+        def full_disk(file, mode="r", *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+
+        checkpoint_module.open = full_disk
+    try:
+        make_trainer(4, out / "full").fit()
+    except CheckpointError as err:
+        assert str(err).endswith("ckpt_00000004.pt: No space left on device (ENOSPC)"), err
+    else:
+        raise AssertionError("a failed checkpoint write went unnoticed")
+    finally:
+        vars(checkpoint_module).pop("open", None)
     (out / f"asserts_passed_rank{rank}").touch()
     D.shutdown()
 

@@ -223,10 +223,16 @@ def test_resume_skips_an_unreadable_newest_checkpoint_and_keeps_it(tmp_path, cap
     make_trainer(tmp_path, steps=10, keep_checkpoints=3).fit()  # ckpt 5, 10
     empty = tmp_path / "checkpoints" / "ckpt_00000015.pt"
     empty.write_bytes(b"")  # e.g. a copy that was cut off
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_writer = empty.parent / f"ckpt_00000012.pt.tmp{int(dead.stdout)}"  # a write killed half-way
+    live_writer = empty.parent / f"ckpt_00000012.pt.tmp{os.getppid()}"
+    dead_writer.write_bytes(b"partial")
+    live_writer.write_bytes(b"partial")
     caplog.set_level(logging.WARNING)
     resumed = make_trainer(tmp_path, steps=20, keep_checkpoints=3)
     assert resumed.maybe_resume() and resumed.step == 10
     assert not empty.exists() and (empty.parent / "ckpt_00000015.pt.unreadable").read_bytes() == b""
+    assert not dead_writer.exists() and live_writer.exists()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "ckpt_00000015.pt" in warnings[0] and "resuming from" in warnings[0]
     assert "weights_only=False" not in warnings[0]

@@ -1,8 +1,10 @@
-"""The one trainer: resume determinism, clipping, EMA, NaN handling, checkpoint safety."""
+"""The one trainer: resume determinism, clipping, EMA, skipped non-finite steps, checkpoint safety."""
 
 import json
 import math
+import os
 import pickle
+import signal
 from functools import partial
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import torch
 
 from dae_gen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, step_checkpoints
 from dae_gen.data.toy import two_moons
+from dae_gen.errors import TrainingInterrupted
 from dae_gen.nets.mlp import ScoreMLP
 from dae_gen.noise import geometric_sigmas
 from dae_gen.objectives.base import Objective
@@ -194,11 +197,6 @@ def test_exploded_weights_are_not_checkpointed(tmp_path):
 
 
 def test_a_stop_signal_during_a_run_of_non_finite_steps_does_not_claim_a_checkpoint(tmp_path):
-    import os
-    import signal
-
-    from dae_gen.errors import TrainingInterrupted
-
     def evaluator(model, step):
         if step == 8:
             os.kill(os.getpid(), signal.SIGTERM)
