@@ -304,7 +304,7 @@ class Trainer:
         return True
 
     # -- one step -----------------------------------------------------------------------------------
-    def _update(self, name: str) -> tuple[dict[str, Any], bool]:
+    def _phase_step(self, name: str) -> tuple[dict[str, Any], bool]:
         """One optimiser update of phase ``name`` on a fresh batch; returns its logs and whether it was applied."""
         params = self.phase_params[name]
         self.objective.zero_grad(set_to_none=True)
@@ -332,7 +332,7 @@ class Trainer:
         skipped = False
         for name, repeats in self.objective.phases:
             for _ in range(int(repeats)):
-                update_logs, applied = self._update(name)
+                update_logs, applied = self._phase_step(name)
                 logs.update(update_logs)
                 skipped |= not applied
         if skipped:  # see the module docstring: schedules and EMA wait, the step counter moves on
