@@ -212,3 +212,8 @@ def shutdown() -> None:
     if is_distributed():
         dist.barrier()
         dist.destroy_process_group()
+
+
+__all__ = ["all_mean", "any_rank", "barrier", "broadcast_module", "broadcast_object", "data_parallel", "first_host",
+           "init_distributed", "is_distributed", "is_main_process", "launch_environment", "max_over_ranks", "on_main",
+           "rank", "resolve_device", "shutdown", "world_size"]

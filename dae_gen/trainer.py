@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dae_gen import distributed as D
+from dae_gen.checkpoint import describe_os_error
 from dae_gen.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from dae_gen.objectives.base import Objective
 from dae_gen.run_dir import MetricsLog, RunCheckpoints, RunDirError, StopSignals, hold_run_dir, parse_signals
@@ -379,7 +380,7 @@ class Trainer:
             self.save_samples(samples, path)
             shutil.copyfile(path, self.run_dir / "samples.png")  # the newest grid, under a fixed name
         except OSError as err:
-            raise RunDirError(f"cannot write the sample grid {path}: {err.strerror or err}") from None
+            raise RunDirError(f"cannot write the sample grid {path}: {describe_os_error(err)}") from None
         self.newest_grid = path
 
     def _evaluate(self, metrics_log: MetricsLog) -> None:

@@ -28,7 +28,7 @@ from dae_gen.errors import TrainingDiverged, TrainingInterrupted
 from dae_gen.nets.mlp import ScoreMLP
 from dae_gen.noise import geometric_sigmas
 from dae_gen.objectives.dsm import DenoisingScoreMatching
-from dae_gen.run_dir import MetricsLog, RunCheckpoints, RunLock, RunLocked, StopSignals, parse_signals
+from dae_gen.run_dir import MetricsLog, RunCheckpoints, RunDirError, RunLock, RunLocked, StopSignals, parse_signals
 from dae_gen.trainer import Trainer
 
 
@@ -288,6 +288,21 @@ def test_a_failed_checkpoint_write_names_path_and_cause_and_keeps_the_previous_o
     assert not (tmp_path / ".lock").exists()
 
 
+def test_a_failed_metrics_write_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, steps=5)
+    real_open = Path.open
+
+    def full(self, mode="r", *args, **kwargs):
+        if self.name == "metrics.jsonl" and "a" in mode:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", full)
+    with pytest.raises(RunDirError) as info:
+        trainer.fit()
+    assert str(info.value) == f"cannot write {tmp_path / 'metrics.jsonl'}: No space left on device (ENOSPC)"
+
+
 def test_a_failed_rename_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     path = save_checkpoint({"step": 1, "model": {"w": torch.ones(2)}, "ema": {}, "config": {}}, tmp_path / "c.pt")
 
@@ -399,3 +414,24 @@ def test_launch_environment_from_torchrun_slurm_and_nothing():
     sbatch_shell = {k: v for k, v in srun.items() if k != "SLURM_STEP_ID"}  # a batch script, not an srun task
     assert D.launch_environment(sbatch_shell) is None
     assert D.first_host("node7") == "node7" and D.first_host("a[3-4]") == "a3"
+
+
+def test_an_in_training_sample_grid_has_its_own_progress_bar(tmp_path, capsys):
+    def sampler(model, n, *, generator=None, callback=None):
+        for i in range(1, 6):
+            callback({"i": i, "n": 5})
+        return torch.zeros(n, 2)
+
+    saved = []
+
+    def save(samples, path):
+        saved.append((tuple(samples.shape), path.name))
+        path.write_bytes(b"grid")
+
+    trainer = make_trainer(tmp_path, steps=4, sample_every=2, sampler=sampler, n_samples=3, progress=True,
+                           save_samples=save)
+    trainer.fit()
+    err = capsys.readouterr().err
+    assert "grid at step 2" in err and "grid at step 4" in err and "train" in err
+    assert saved == [((3, 2), "samples_00000002.png"), ((3, 2), "samples_00000004.png")]
+    assert (tmp_path / "samples.png").read_bytes() == b"grid"

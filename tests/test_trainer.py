@@ -94,9 +94,12 @@ def test_hostile_checkpoint_is_refused_without_running_code(tmp_path):
     with open(hostile, "wb") as f:  # a torch.save-style file whose pickle runs os.system on load
         torch.save({"format": "dae_gen.checkpoint/1", "step": 0, "model": {}, "ema": {}, "config": {},
                     "evil": payload}, f)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="never unpickled") as info:
         load_checkpoint(hostile)
     assert not marker.exists()
+    # torch's own message advises weights_only=False, which would run the payload: never passed on, nor chained
+    assert "weights_only" not in str(info.value) and info.value.__cause__ is None
+    assert info.value.__suppress_context__
     raw = tmp_path / "raw.pt"
     raw.write_bytes(pickle.dumps(payload))
     with pytest.raises(CheckpointError):
