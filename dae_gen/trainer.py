@@ -289,8 +289,9 @@ class Trainer:
         if self.checkpoints.newest_step == self.step:
             return True
         if self.nonfinite_streak:
-            log.warning("no checkpoint at step %d: its weights gave a non-finite loss. %s", self.step,
-                        self.checkpoints.describe_newest())
+            if D.is_main_process():
+                log.warning("no checkpoint at step %d: its weights gave a non-finite loss. %s", self.step,
+                            self.checkpoints.describe_newest())
             return False
         self.save()
         return True
@@ -340,9 +341,10 @@ class Trainer:
             self.skipped_steps += 1
             self.nonfinite_streak += 1
             last = self.last_nonfinite
-            log.warning("step %d: non-finite loss or gradient in phase %r (loss %.4g, gradient norm %.4g); update "
-                        "skipped (%d in a row, %d in this run)", self.step + 1, last["phase"], last["loss"],
-                        last["grad_norm"], self.nonfinite_streak, self.skipped_steps)
+            if D.is_main_process():
+                log.warning("step %d: non-finite loss or gradient in phase %r (loss %.4g, gradient norm %.4g); "
+                            "update skipped (%d in a row, %d in this run)", self.step + 1, last["phase"],
+                            last["loss"], last["grad_norm"], self.nonfinite_streak, self.skipped_steps)
         else:
             self.nonfinite_streak = 0
             for scheduler in self.schedulers.values():  # once per step, however many repeats a phase has
