@@ -140,7 +140,6 @@ def test_a_second_trainer_on_a_locked_folder_is_refused_and_the_first_is_unaffec
         first.send_signal(signal.SIGCONT)
     assert second.returncode != 0
     assert f"is in use by PID {first.pid}" in second.stderr, second.stderr[-2000:]
-    assert "Traceback" not in second.stderr.split("is in use by")[0][-200:]
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-3000:]
     assert [r["step"] for r in metric_rows(run_dir)] == list(range(1, STEPS + 1))  # each step once
