@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,21 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "configs")
+
+
+def run_command(command: list[str], *, cwd: Path, extra_env: dict | None = None,
+                timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a console script (``dae-gen-train`` ...) as a user would: the installed script if there is one, with
+    the user's environment (no HYDRA_FULL_ERROR, which this suite sets for in-process Hydra calls)."""
+    script = Path(sys.executable).parent / command[0]
+    if script.is_file():
+        argv = [str(script), *command[1:]]
+    else:  # not installed as a script here: the module it points to
+        module = {"dae-gen-train": "train", "dae-gen-sample": "sample", "dae-gen-eval": "evaluate"}[command[0]]
+        argv = [sys.executable, "-m", f"dae_gen.cli.{module}", *command[1:]]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(extra_env or {})
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

@@ -10,14 +10,11 @@ traceback instead; any other exception is a bug and always keeps its traceback.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import os
 import re
 import sys
 import time
-import types
-import typing
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dae_gen.errors import ConfigError, DaeGenError
 from dae_gen.run import Run, run_directory
+from dae_gen.settings import check_keywords, check_value
 
 #: Hydra's config path: the configs installed with the package (``configs/`` in the source tree).
 CONFIG_PATH = "pkg://dae_gen.configs"
@@ -158,7 +156,8 @@ def one_line(err: BaseException) -> str:
     text = str(err)
     if cause is not None and isinstance(cause, OmegaConfBaseException):
         if "not in struct" in str(cause) and (m := re.search(r"Could not override '([^']+)'", text)):
-            return f"{m[1]}: no such key in the config (check its spelling; to add a new key use +{m[1]}=VALUE)"
+            return (f"{m[1]}: no such key in the config this command line composes (check its spelling and the "
+                    f"experiment= or group it belongs to; to add a new key use +{m[1]}=VALUE)")
         text = f"{text}\n{cause}"
     if type(err).__name__ == "OverrideParseException" and getattr(err, "override", None):
         text = f"cannot parse the override {err.override!r}: {text}"
@@ -246,97 +245,33 @@ def open_sampler_overrides(args: list[str]) -> list[str]:
 
 
 # -- checking a config before building from it ---------------------------------------------------------------
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    return getattr(hint, "__name__", str(hint))
-
-
-def _matches(value: Any, hint: Any) -> bool | None:
-    """Whether ``value`` (from YAML: None, bool, int, float, str, list, dict) fits ``hint``; None: cannot tell."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        verdicts = [_matches(value, arg) for arg in typing.get_args(hint)]
-        return True if any(v is True for v in verdicts) else (None if None in verdicts else False)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (tuple, list) or hint in (tuple, list) or origin is typing.Sequence or \
-            (origin is not None and getattr(origin, "__name__", "") == "Sequence"):
-        return isinstance(value, (list, tuple))
-    if origin is dict or hint is dict:
-        return isinstance(value, Mapping)
-    return None
-
-
-def _callable_of(target: str) -> Callable | None:
-    from hydra.utils import get_object
-
-    try:
-        obj = get_object(target)
-    except Exception as err:
-        raise ConfigError(f"cannot import {target!r} ({str(err).splitlines()[0]})") from err
-    return obj.__init__ if inspect.isclass(obj) else obj
-
-
-def check_arguments(node: Any, key: str = "") -> None:
+def check_arguments(node: Any, key: str = "", *, skip: tuple[str, ...] = ()) -> None:
     """Check every ``_target_`` node of a config before anything is built from it: each key is an argument of
     its target, with a value of the annotated type (``trainer.steps=abc`` → "trainer.steps: expected int, got
-    'abc'"). A ConfigError names the first bad key."""
+    'abc'"). A ConfigError names the first bad key. ``skip``: top-level keys checked elsewhere."""
+    from hydra.utils import get_object
+
     if isinstance(node, Mapping):
         if "_target_" in node:
-            _check_target(node, key)
+            try:
+                target = get_object(str(node["_target_"]))
+            except Exception as err:
+                raise ConfigError(f"{key or 'config'}._target_: cannot import {node['_target_']!r} "
+                                  f"({str(err).splitlines()[0]})") from err
+            check_keywords(target, node, where=key)
         for name, value in node.items():
-            if not str(name).startswith("_"):
+            if not str(name).startswith("_") and not (not key and name in skip):
                 check_arguments(value, f"{key}.{name}" if key else str(name))
     elif isinstance(node, (list, tuple)):
         for i, value in enumerate(node):
             check_arguments(value, f"{key}[{i}]")
 
 
-def _check_target(node: Mapping, key: str) -> None:
-    target = str(node["_target_"])
-    function = _callable_of(target)
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):  # a builtin without a signature
-        return
-    try:
-        hints = typing.get_type_hints(function)
-    except Exception:  # an annotation that cannot be evaluated here: check names only
-        hints = {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    names = [n for n, p in parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    for name, value in node.items():
-        name = str(name)
-        if name.startswith("_"):
-            continue
-        where = f"{key}.{name}" if key else name
-        if name not in parameters:
-            if not takes_any:
-                raise ConfigError(f"{where}: {target} has no argument {name!r}; its arguments are {names}")
-            continue
-        if isinstance(value, Mapping) and "_target_" in value:
-            continue  # an object built from its own node, checked there
-        hint = hints.get(name)
-        if hint is not None and _matches(value, hint) is False:
-            raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
-
-
 def check_values(cfg: Mapping, schema: Mapping[str, Any]) -> None:
     """Check the top-level keys of a CLI config against ``{key: type hint}`` (``n_samples: int`` ...)."""
     for name, hint in schema.items():
-        if name in cfg and _matches(cfg[name], hint) is False:
-            raise ConfigError(f"{name}: expected {_type_name(hint)}, got {cfg[name]!r} ({type(cfg[name]).__name__})")
+        if name in cfg:
+            check_value(cfg[name], hint, where=name)
 
 
 def check_positive(cfg: Mapping, *keys: str) -> None:

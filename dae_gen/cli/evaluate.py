@@ -29,6 +29,7 @@ from dae_gen.checkpoint import load_checkpoint
 from dae_gen.cli.common import (
     CONFIG_PATH,
     building,
+    check_positive,
     check_values,
     cli_sampler,
     explicit_output_dir,
@@ -80,6 +81,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     """Draw (or load) samples, compare them with the data, write ``eval.json`` into ``out_dir`` (default: beside
     the run) and return the result."""
     check_values(cfg, EVAL_KEYS)
+    check_positive(cfg, "n_samples", "batch_size", "kid_subset_size")
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     if cfg.run is None and cfg.samples is None:

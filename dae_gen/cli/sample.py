@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 from dae_gen.cli.common import (
     CONFIG_PATH,
+    check_positive,
     check_values,
     cli_sampler,
     command_line,
@@ -62,6 +63,7 @@ def sampling_record(run: Run, settings: dict[str, Any], *, seed: int, n_samples:
 def sample(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     """Draw ``cfg.n_samples`` from ``cfg.run``; write them into ``out_dir`` (default: beside the run); return it."""
     check_values(cfg, SAMPLE_KEYS)
+    check_positive(cfg, "n_samples", "batch_size")
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     run = load_run(str(cfg.run), device=cfg.device, use_ema=cfg.use_ema)

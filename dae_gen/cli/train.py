@@ -118,7 +118,7 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, checkp
     """Check the config and build everything from it (nothing is written): the trainer and the config to store,
     with ``data_shape`` and ``data_info``. None when the run already has all its steps."""
     check_values(config, TRAIN_KEYS)
-    check_arguments(config)
+    check_arguments(config, skip=("sampler",))  # the sampler: by build_sampler, naming its settings
     trainer_cfg = config["trainer"]
     phase_lrs = [f"trainer.phase_lr.{phase}" for phase in trainer_cfg.get("phase_lr") or {}]
     check_positive(config, "trainer.optimizer.lr", *phase_lrs)
