@@ -1,4 +1,6 @@
+import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,21 @@ def run_command(command: list[str], *, cwd: Path, extra_env: dict | None = None,
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env.update(extra_env or {})
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by relative path (a failed command must leave it unchanged)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+PROGRESS = re.compile(r"\d+%\||\x1b\[A|\?\w+/s\]|^\s*$")  # a tqdm bar's pieces, or an empty line
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without progress bars and Python warnings: what a failed command tells the user."""
+    lines = [line for line in stderr.splitlines() if not PROGRESS.search(line)]
+    return [line for line in lines if "Warning:" not in line and not line.startswith("  ")]
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_command
-from test_run_lifecycle import error_lines, snapshot
+from conftest import error_lines, run_command, snapshot
 
 TOY = ["experiment=ncsn_toy", "debug=default", "trainer.progress=false", "trainer.tensorboard=false", "device=cpu"]
 

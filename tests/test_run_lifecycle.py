@@ -2,17 +2,15 @@
 stored config; changes to what was trained refused without touching a byte; safe changes recorded), sample and
 evaluate from a directory or a checkpoint file, and the Python API drawing the CLI's samples bit for bit."""
 
-import hashlib
 import json
 import math
-import re
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import run_command
+from conftest import error_lines, run_command, snapshot
 from dae_gen import load_run
 from dae_gen.checkpoint import load_checkpoint
 
@@ -20,21 +18,6 @@ from dae_gen.checkpoint import load_checkpoint
 TRAIN = ["dae-gen-train", "experiment=ncsn_toy", "debug=default", "trainer.progress=false",
          "trainer.tensorboard=false", "device=cpu", "threads=1"]
 LOG_LINE = "][dae_gen."  # the console/train.log format: [time][logger][LEVEL] - message
-
-
-def snapshot(folder) -> dict[str, str]:
-    """SHA-256 of every file under ``folder``, by relative path."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-PROGRESS = re.compile(r"\d+%\||\x1b\[A|\?\w+/s\]|^\s*$")  # a tqdm bar's pieces, or an empty line
-
-
-def error_lines(stderr: str) -> list[str]:
-    """stderr without progress bars and Python warnings: what a failed command tells the user."""
-    lines = [line for line in stderr.splitlines() if not PROGRESS.search(line)]
-    return [line for line in lines if "Warning:" not in line and not line.startswith("  ")]
 
 
 def log_lines(text: str) -> list[str]:
