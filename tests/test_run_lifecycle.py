@@ -5,6 +5,8 @@ evaluate from a directory or a checkpoint file, and the Python API drawing the C
 import json
 import math
 import shutil
+import socket
+import subprocess
 
 import numpy as np
 import pytest
@@ -22,6 +24,13 @@ LOG_LINE = "][dae_gen."  # the console/train.log format: [time][logger][LEVEL] -
 
 def log_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if LOG_LINE in line]
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has ended."""
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +79,10 @@ def test_resume_refuses_changes_to_what_was_trained_without_touching_the_folder(
 
 
 def test_resume_with_more_steps_continues_its_stored_config_and_records_the_change(run):
-    """``experiment=`` forgotten: the run's own config is resumed, only the given keys change."""
+    """``experiment=`` forgotten: the run's own config is resumed, only the given keys change. A lock left by a
+    killed trainer is taken over, with a warning that reaches the console and train.log alike."""
+    dead = _dead_pid()
+    (run / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "started": "", "command": ""}))
     proc = run_command(["dae-gen-train", f"run={run}", "trainer.steps=6", "sampler.n_steps_each=3"], cwd=run.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert load_checkpoint(run)["step"] == 6
@@ -88,6 +100,8 @@ def test_resume_with_more_steps_continues_its_stored_config_and_records_the_chan
     # the console's log lines are train.log's lines of this launch
     logged = log_lines(proc.stdout) + log_lines(proc.stderr)
     assert any("trainer.steps: 4 -> 6" in line for line in logged)
+    assert any("taking over the stale lock" in line for line in log_lines(proc.stderr))
+    assert not (run / ".lock").exists()
     tail = log_lines((run / "train.log").read_text())[-len(logged):]
     assert sorted(tail) == sorted(logged)
 

@@ -110,17 +110,41 @@ def setup_console_logging() -> None:
     logger.propagate = False  # Hydra's or a notebook's root handlers would print every line twice
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @contextmanager
-def run_log(run_dir: Path) -> Iterator[logging.Handler]:
+def collected_log() -> Iterator[list[logging.LogRecord]]:
+    """The records dae_gen logs while the block runs (a launch's lines before its ``train.log`` may be written)."""
+    logger = logging.getLogger("dae_gen")
+    handler = _Collect()
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+
+
+@contextmanager
+def run_log(run_dir: Path, earlier: list[logging.LogRecord] = ()) -> Iterator[logging.Handler]:
     """Append dae_gen's log to ``run_dir/train.log`` while the block runs (the same lines as the console).
 
-    Attached only once a launch is validated, so a refused command leaves ``train.log`` as it was. An error that
-    ends the block is written there too, as the one line the console shows.
+    Attached only once a launch is validated, so a refused command leaves ``train.log`` as it was; the lines
+    logged before that (``earlier``, see :func:`collected_log`) are written first. An error that ends the block
+    is written there too, as the one line the console shows.
     """
     logger = logging.getLogger("dae_gen")
     handler = logging.FileHandler(run_dir / LOG_FILE, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
     handler.setLevel(logging.INFO)
+    for record in earlier:
+        handler.handle(record)
     previous_level = logger.level
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
@@ -326,6 +350,6 @@ def sampler_label(settings: Mapping[str, Any]) -> str:
 
 
 __all__ = ["CONFIG_PATH", "LOG_FILE", "LOG_FORMAT", "building", "check_arguments", "check_positive", "check_values",
-           "cli_sampler", "command_line", "explicit_output_dir", "is_user_error", "new_output_dir", "one_line",
-           "open_sampler_overrides", "reports_user_errors", "run_cli", "run_folder", "run_log", "sampler_label",
-           "setup_console_logging"]
+           "cli_sampler", "collected_log", "command_line", "explicit_output_dir", "is_user_error", "new_output_dir",
+           "one_line", "open_sampler_overrides", "reports_user_errors", "run_cli", "run_folder", "run_log",
+           "sampler_label", "setup_console_logging"]

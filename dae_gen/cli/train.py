@@ -37,6 +37,7 @@ from dae_gen.cli.common import (
     check_arguments,
     check_positive,
     check_values,
+    collected_log,
     command_line,
     reports_user_errors,
     run_cli,
@@ -95,9 +96,11 @@ def train(cfg: DictConfig, run_dir: str | Path, *, touched: Iterable[str] | None
     config, _, _ = plan(run_dir, requested, touched)  # read-only: which device to start on
     device = D.init_distributed(config.get("device", "auto"))
     lock = RunLock(run_dir) if D.is_main_process() else contextlib.nullcontext()
-    with lock:  # no other process may write here from now on; removed again if anything below fails
-        config, changes, checkpoint = plan(run_dir, requested, touched)
-        built = build(config, run_dir=run_dir, device=device, checkpoint=checkpoint)
+    with contextlib.ExitStack() as held:
+        with collected_log() as earlier:  # lines logged before train.log may be written: copied there after
+            held.enter_context(lock)  # no other process may write here now; released (removed) if anything fails
+            config, changes, checkpoint = plan(run_dir, requested, touched)
+            built = build(config, run_dir=run_dir, device=device, checkpoint=checkpoint)
         if built is None:
             return {"step": float(load_checkpoint(checkpoint)["step"]), "resumed": 1.0}
         trainer, config = built
@@ -106,7 +109,7 @@ def train(cfg: DictConfig, run_dir: str | Path, *, touched: Iterable[str] | None
         write_config(run_dir, config)
         start = int(load_checkpoint(checkpoint)["step"]) if checkpoint is not None else 0
         history = record_launch(run_dir, command=command or " ".join(sys.argv), step=start, changes=changes)
-        with run_log(run_dir):
+        with run_log(run_dir, earlier):
             if changes:
                 log.info("resuming %s with changes (recorded in %s): %s", run_dir, history.name,
                          "; ".join(map(str, changes)))
