@@ -308,6 +308,17 @@ def check_positive(cfg: Mapping, *keys: str) -> None:
             raise ConfigError(f"{key} must be positive, got {node!r}")
 
 
+def set_threads(threads: Any) -> None:
+    """``threads=K``: torch's CPU threads; null keeps torch's default."""
+    if threads is None:
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ConfigError(f"threads: expected a positive int or null, got {threads!r}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 @contextmanager
 def building(key: str) -> Iterator[None]:
     """Build the ``key`` node of a config: our own errors pass unchanged; a ValueError (a constructor refusing a
@@ -352,4 +363,4 @@ def sampler_label(settings: Mapping[str, Any]) -> str:
 __all__ = ["CONFIG_PATH", "LOG_FILE", "LOG_FORMAT", "building", "check_arguments", "check_positive", "check_values",
            "cli_sampler", "collected_log", "command_line", "explicit_output_dir", "is_user_error", "new_output_dir",
            "one_line", "open_sampler_overrides", "reports_user_errors", "run_cli", "run_folder", "run_log",
-           "sampler_label", "setup_console_logging"]
+           "sampler_label", "set_threads", "setup_console_logging"]

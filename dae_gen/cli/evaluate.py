@@ -37,6 +37,7 @@ from dae_gen.cli.common import (
     reports_user_errors,
     run_cli,
     run_folder,
+    set_threads,
 )
 from dae_gen.data.base import DataInfo
 from dae_gen.distributed import resolve_device
@@ -50,7 +51,7 @@ from dae_gen.samplers.batches import count_nonfinite, draw_samples
 log = logging.getLogger("dae_gen.cli")
 #: Types of the top-level keys of configs/eval.yaml.
 EVAL_KEYS = {"out": str | None, "n_samples": int, "batch_size": int, "seed": int, "use_ema": bool, "split": str,
-             "n_reference": int | None, "kid_subset_size": int, "device": str, "threads": int | None}
+             "n_reference": int | None, "kid_subset_size": int, "device": str}
 
 
 def load_samples_file(path: str | Path) -> dict[str, Any]:
@@ -82,8 +83,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     the run) and return the result."""
     check_values(cfg, EVAL_KEYS)
     check_positive(cfg, "n_samples", "batch_size", "kid_subset_size")
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))
     if cfg.run is None and cfg.samples is None:
         raise ConfigError("give run=<run dir or checkpoint> (to sample) and/or samples=<file.npz> (to evaluate)")
     device = torch.device(resolve_device(cfg.device))

@@ -22,7 +22,6 @@ from typing import Any
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from dae_gen.cli.common import (
@@ -36,6 +35,7 @@ from dae_gen.cli.common import (
     reports_user_errors,
     run_cli,
     sampler_label,
+    set_threads,
 )
 from dae_gen.metrics.inception import quantize
 from dae_gen.run import Run, load_run
@@ -45,7 +45,7 @@ log = logging.getLogger("dae_gen.cli")
 RECORD_FILE = "sample.json"
 #: Types of the top-level keys of configs/sample.yaml.
 SAMPLE_KEYS = {"out": str | None, "n_samples": int, "batch_size": int, "seed": int, "use_ema": bool,
-               "save_npz": bool, "device": str, "threads": int | None}
+               "save_npz": bool, "device": str}
 
 
 def sampling_record(run: Run, settings: dict[str, Any], *, seed: int, n_samples: int, batch_size: int,
@@ -64,8 +64,7 @@ def sample(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     """Draw ``cfg.n_samples`` from ``cfg.run``; write them into ``out_dir`` (default: beside the run); return it."""
     check_values(cfg, SAMPLE_KEYS)
     check_positive(cfg, "n_samples", "batch_size")
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))
     run = load_run(str(cfg.run), device=cfg.device, use_ema=cfg.use_ema)
     sampler, settings = cli_sampler(run, cfg.get("sampler"))
     samples = draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,

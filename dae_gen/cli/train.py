@@ -44,6 +44,7 @@ from dae_gen.cli.common import (
     run_folder,
     run_log,
     sampler_label,
+    set_threads,
 )
 from dae_gen.cli.resume import (
     LAUNCH_KEYS,
@@ -60,7 +61,7 @@ from dae_gen.viz import reference_points, sample_saver
 
 log = logging.getLogger("dae_gen.cli")
 #: Types of the top-level keys of configs/train.yaml.
-TRAIN_KEYS = {"seed": int, "device": str, "threads": int | None}
+TRAIN_KEYS = {"seed": int, "device": str}
 
 
 def plan(run_dir: Path, requested: dict, touched: Iterable[str] | None) -> tuple[dict, list, Path | None]:
@@ -125,8 +126,7 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, checkp
     trainer_cfg = config["trainer"]
     phase_lrs = [f"trainer.phase_lr.{phase}" for phase in trainer_cfg.get("phase_lr") or {}]
     check_positive(config, "trainer.optimizer.lr", *phase_lrs)
-    if config.get("threads"):
-        torch.set_num_threads(int(config["threads"]))
+    set_threads(config.get("threads"))
     with building("dataset"):
         data = instantiate(config["dataset"])
     info = data.info.as_dict()
