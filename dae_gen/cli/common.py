@@ -37,8 +37,6 @@ PROCESS_START = time.time()
 #: The command line as the user typed it (before :func:`open_sampler_overrides`), for run records.
 COMMAND_LINE: list[str] = list(sys.argv)
 
-log = logging.getLogger("dae_gen.cli")
-
 
 # -- where things go -----------------------------------------------------------------------------------------
 def run_folder(run: str | None, default: str) -> str:
@@ -47,7 +45,7 @@ def run_folder(run: str | None, default: str) -> str:
     if run is None or str(run) in ("", "None", "null"):
         return default
     path = Path(str(run))
-    return str(path if path.is_dir() or not path.suffix else run_directory(path))
+    return str(run_directory(path) if path.is_file() or path.suffix == ".pt" else path)
 
 
 OmegaConf.register_new_resolver("dae_gen.run_folder", run_folder, replace=True)
@@ -57,9 +55,8 @@ def command_line(prog: str | None = None) -> str:
     """The command line of this process as typed: ``dae-gen-train trainer.steps=800 ...``."""
     import shlex
 
-    args = COMMAND_LINE[1:] if COMMAND_LINE[1:] else sys.argv[1:]
-    name = prog or Path(COMMAND_LINE[0] if COMMAND_LINE else sys.argv[0]).name
-    return " ".join([name, *map(shlex.quote, args)])
+    name = prog or Path(COMMAND_LINE[0]).name
+    return " ".join([name, *map(shlex.quote, COMMAND_LINE[1:])])
 
 
 def new_output_dir(parent: Path, stamp: str | None = None) -> Path:
@@ -152,7 +149,12 @@ def run_log(run_dir: Path, earlier: list[logging.LogRecord] = ()) -> Iterator[lo
     try:
         yield handler
     except BaseException as err:
-        message = one_line(err) if is_user_error(err) else f"{type(err).__name__}: {err} (a bug: see the traceback)"
+        if is_user_error(err):
+            message = one_line(err)
+        elif isinstance(err, Exception):
+            message = f"{type(err).__name__}: {err} (a bug: the console shows its traceback)"
+        else:
+            message = f"stopped by {type(err).__name__}"
         handler.handle(logging.LogRecord("dae_gen.cli", logging.ERROR, __file__, 0, message, None, None))
         raise
     finally:
@@ -255,7 +257,7 @@ def run_cli(app: Callable[[], Any], prog: str) -> None:
     if _FAILURES:
         for err in _FAILURES:
             sys.stderr.write(f"{prog}: error: {one_line(err)}\n")
-        sys.exit(1)
+        sys.exit(getattr(_FAILURES[0], "exit_code", 1))  # 1, or a stop signal's 128 + N
 
 
 def open_sampler_overrides(args: list[str]) -> list[str]:

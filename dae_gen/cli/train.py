@@ -101,14 +101,14 @@ def train(cfg: DictConfig, run_dir: str | Path, *, touched: Iterable[str] | None
         with collected_log() as earlier:  # lines logged before train.log may be written: copied there after
             held.enter_context(lock)  # no other process may write here now; released (removed) if anything fails
             config, changes, checkpoint = plan(run_dir, requested, touched)
-            built = build(config, run_dir=run_dir, device=device, checkpoint=checkpoint)
-        if built is None:
-            return {"step": float(load_checkpoint(checkpoint)["step"]), "resumed": 1.0}
-        trainer, config = built
+            trainer, config, start = build(config, run_dir=run_dir, device=device, checkpoint=checkpoint)
+        if start >= trainer.steps:
+            log.info("%s is already at trainer.steps=%d: nothing to train (raise trainer.steps to train on)",
+                     run_dir, start)
+            return {"step": float(start), "resumed": 1.0}
         if not D.is_main_process():
             return trainer.fit()
         write_config(run_dir, config)
-        start = int(load_checkpoint(checkpoint)["step"]) if checkpoint is not None else 0
         history = record_launch(run_dir, command=command or " ".join(sys.argv), step=start, changes=changes)
         with run_log(run_dir, earlier):
             if changes:
@@ -118,9 +118,9 @@ def train(cfg: DictConfig, run_dir: str | Path, *, touched: Iterable[str] | None
 
 
 def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, checkpoint: Path | None
-          ) -> tuple[Any, dict] | None:
-    """Check the config and build everything from it (nothing is written): the trainer and the config to store,
-    with ``data_shape`` and ``data_info``. None when the run already has all its steps."""
+          ) -> tuple[Any, dict, int]:
+    """Check the config and build everything from it, nothing written: the trainer, the config to store (with
+    ``data_shape`` and ``data_info``) and the step it starts from (``checkpoint``'s, checked to fit, or 0)."""
     check_values(config, TRAIN_KEYS)
     check_arguments(config, skip=("sampler",))  # the sampler: by build_sampler, naming its settings
     trainer_cfg = config["trainer"]
@@ -150,21 +150,18 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, checkp
         trainer = make_trainer(objective=model, data=data, run_dir=run_dir, sampler=sampler,
                                save_samples=sample_saver(data.info, reference=reference_points(data), title=title),
                                evaluator=evaluator, seed=config["seed"], device=device, run_config=config)
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, map_location="cpu")
-        step, steps = int(state["step"]), int(trainer_cfg["steps"])
-        if steps < step:
-            raise ConfigError(f"trainer.steps={steps} is below this run's step {step} ({checkpoint}); give "
-                              f"trainer.steps > {step} to train on")
-        try:
-            trainer.load_state_dict(state)  # the resume must fit before anything is written
-        except CheckpointError as err:
-            raise CheckpointError(f"{checkpoint}: {err}") from err
-        if steps == step:
-            log.info("%s is already at trainer.steps=%d: nothing to train (raise trainer.steps to train on)",
-                     checkpoint.parent.parent, steps)
-            return None
-    return trainer, config
+    if checkpoint is None:
+        return trainer, config, 0
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    step = int(state["step"])
+    if trainer.steps < step:
+        raise ConfigError(f"trainer.steps={trainer.steps} is below this run's step {step} ({checkpoint}); give "
+                          f"trainer.steps > {step} to train on")
+    try:
+        trainer.load_state_dict(state)  # the resume must fit before anything is written
+    except CheckpointError as err:
+        raise CheckpointError(f"{checkpoint}: {err}") from err
+    return trainer, config, step
 
 
 def touched_keys(requested: DictConfig) -> set[str] | None:
