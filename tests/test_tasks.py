@@ -451,6 +451,16 @@ def test_denoise_at_levels_uses_the_models_levels():
     assert result.denoised.shape == (4, 3, 4)
 
 
+def test_denoising_with_an_energy_model_is_its_tweedie_jump():
+    """For the annealed-DSM energy, x̃ + σ²·score(x̃, σ) = x̃ − σ₀²∇E(x̃) at every σ (its score is −(σ₀²/σ²)∇E)."""
+    model = _tiny("mdsm_mlp", (2,))
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    result = denoise_at_levels(model, x, sigmas=[0.3, 1.0], generator=torch.Generator().manual_seed(1))
+    for noisy, denoised in zip(result.noisy, result.denoised):
+        grad = torch.func.grad(lambda y: model.energy(y).sum())(noisy)
+        torch.testing.assert_close(denoised, noisy - model.sigma0**2 * grad)
+
+
 # -- pictures ---------------------------------------------------------------------------------------------
 def test_inpainting_rows_show_masked_input_completions_and_original(tmp_path):
     import numpy as np

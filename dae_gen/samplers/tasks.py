@@ -364,7 +364,8 @@ def interpolate(model: ScoreModel, n_rows: int, *, n_interpolations: int = 8, sa
 
 # -- trajectories -----------------------------------------------------------------------------------------
 def frame_steps(n_steps: int, n_frames: int) -> list[int]:
-    """``n_frames`` steps spread evenly over 1 … ``n_steps`` (the first and the last included)."""
+    """``n_frames`` steps spread evenly over 1 … ``n_steps``, the first and the last included (all steps when the
+    sampler has fewer than ``n_frames``)."""
     if int(n_frames) < 1:
         raise ValueError(f"n_frames must be at least 1, got {n_frames}")
     if int(n_frames) == 1:
@@ -390,7 +391,7 @@ class TrajectoryRecorder:
         self.n_frames, self.device = n_frames, torch.device(device)
         self._steps = None if steps is None else sorted({int(s) for s in steps})
         if self._steps is not None and (not self._steps or self._steps[0] < 1):
-            raise ValueError(f"steps are counted from 1, got {list(steps)}")
+            raise ValueError(f"steps must be one or more step numbers counted from 1, got {list(steps)}")
         self._states: dict[tuple[int, int], Tensor] = {}
 
     @property
