@@ -323,7 +323,9 @@ def interpolate(model: ScoreModel, n_rows: int, *, n_interpolations: int = 8, sa
     """NCSNv2 interpolation rows ``(n_rows, n_interpolations, *data_shape)`` on the model's device.
 
     Each row's chains run annealed Langevin (or temperature-annealed Langevin) with the sampler's own settings and
-    initial law, driven by ``interpolation_noise``, so neighbouring images change smoothly along a row.
+    initial law, driven by ``interpolation_noise``, so neighbouring images change smoothly along a row. (NCSNv2's
+    interpolation ends without the Tweedie step; here the sampler's ``denoise`` setting decides, ``denoise=False``
+    as an override reproduces it.)
     endpoints:  ``"shared"``: one initial state per row (NCSNv2); ``"spherical"``: two, turned into each other
                 (``interpolation_starts``) about the initial law's centre.
     """
