@@ -5,6 +5,7 @@ Examples::
     dae-gen-sample run=outputs/2026-11-24/12-00-00 n_samples=64
     dae-gen-sample run=outputs/my_run ++sampler.n_steps_each=20 save_npz=true
     dae-gen-sample run=outputs/my_run sampler=temperature_langevin      # another sampler preset
+    dae-gen-sample run=outputs/my_run task=inpaint inpaint.mask=centre   # image tasks: see dae_gen.cli.tasks
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def sample(cfg: DictConfig, out_dir: str | Path) -> Path:
         torch.set_num_threads(int(cfg.threads))
     run = load_run(cfg.run, device=cfg.device, use_ema=cfg.use_ema)
     sampler, _ = cli_sampler(run, cfg.get("sampler"))
+    if cfg.get("task", "sample") != "sample":  # inpaint | interpolate | trajectory | denoise
+        from dae_gen.cli.tasks import run_task
+
+        return run_task(run, cfg, sampler, Path(out_dir))
     samples = draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
                            progress=True)
     out_dir = Path(out_dir)
