@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
@@ -151,6 +152,27 @@ class Run:
 
             self._reference = reference_points(instantiate(self.config.dataset), n)  # a toy law: no files to read
         return self._reference
+
+    def data_examples(self, n: int, *, split: str = "test", seed: int = 0) -> Tensor:
+        """``n`` real examples ``(n, *data_shape)`` in the model's range on the CPU (inpainting, denoising pictures).
+
+        Images: a seeded choice from ``split`` when the dataset's config has a ``split`` (the dataset is rebuilt from
+        the run's config without dequantisation; held out only if the run trained on another split), else from the
+        training data. 2-D data: ``n`` fresh exact samples.
+        """
+        from hydra.utils import instantiate
+
+        config = self.config.dataset
+        overrides = {key: value for key, value in (("split", split), ("dequantize", False)) if key in config}
+        dataset = instantiate(config, **overrides)
+        generator = torch.Generator().manual_seed(seed)
+        if self.data.kind == "points":
+            return dataset.sample(int(n), generator=generator).cpu()
+        index = torch.randperm(len(dataset), generator=generator)[:int(n)].sort().values
+        images = dataset.images  # uint8 (N, C, H, W): a tensor, or a numpy memmap for large datasets
+        rows = images[index.to(images.device)] if isinstance(images, Tensor) else torch.from_numpy(
+            np.ascontiguousarray(images[index.numpy()]))
+        return dataset.scale_uint8(rows).cpu()
 
     def save_grid(self, samples: Tensor, path: str | Path, *, title: str | None = None) -> Path:
         """An image grid, or for 2-D data a scatter plot over the data, written to ``path`` (PNG)."""

@@ -160,3 +160,43 @@ def plot_training_curves(run_dir: str | Path, path: str | Path | None = None, *,
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def save_image_rows(rows: Tensor, path: str | Path, *, to_unit: Callable[[Tensor], Tensor], scale: int = 1) -> Path:
+    """Images in rows: ``rows`` ``(R, K, C, H, W)`` in the model's range → an R × K grid (interpolation rows,
+    denoising at each σ, inpainting rows)."""
+    r, k = rows.shape[:2]
+    return save_image_grid(to_unit(rows.detach().cpu()).reshape(r * k, *rows.shape[2:]), path, nrow=k, scale=scale)
+
+
+def save_inpainting_rows(images: Tensor, mask: Tensor, samples: Tensor, path: str | Path, *,
+                         to_unit: Callable[[Tensor], Tensor], scale: int = 1, fill: float = 0.5) -> Path:
+    """One row per image: the masked input (missing pixels grey, ``fill`` in [0, 1]) | its completions | the original.
+
+    images: ``(N, C, H, W)``; mask: True where known, broadcastable to ``images``; samples: ``(N, K, C, H, W)``.
+    """
+    images01, samples01 = to_unit(images.detach().cpu()), to_unit(samples.detach().cpu())
+    masked = torch.where(torch.as_tensor(mask, dtype=torch.bool).cpu(), images01, torch.full_like(images01, fill))
+    rows = torch.cat([masked.unsqueeze(1), samples01, images01.unsqueeze(1)], dim=1)  # (N, K + 2, C, H, W)
+    return save_image_rows(rows, path, to_unit=lambda x: x, scale=scale)
+
+
+def save_gif(frames: Sequence[Tensor] | Tensor, path: str | Path, *, to_unit: Callable[[Tensor], Tensor],
+             nrow: int | None = None, scale: int = 1, duration_ms: int = 200, hold_last_ms: int = 1000) -> Path:
+    """An animated GIF, one image grid per frame (each frame ``(B, C, H, W)``, e.g. a recorded trajectory); the
+    last frame is held for ``hold_last_ms``. Written with PIL, looping forever."""
+    from PIL import Image
+
+    images = []
+    for frame in frames:
+        array = image_grid(to_unit(frame.detach().cpu()), nrow=nrow)
+        if scale > 1:
+            array = array.repeat(scale, axis=0).repeat(scale, axis=1)
+        images.append(Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array))
+    if not images:
+        raise ValueError("a GIF needs at least one frame")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    durations = [duration_ms] * (len(images) - 1) + [max(duration_ms, hold_last_ms)]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return path

@@ -6,6 +6,7 @@ Examples::
     dae-gen-sample run=outputs/2026-11-24/12-00-00 n_samples=64
     dae-gen-sample run=outputs/my_run/checkpoints/ckpt_00002000.pt sampler.n_steps_each=20 save_npz=true
     dae-gen-sample run=outputs/my_run sampler=temperature_langevin sampler.n_steps_hot=50   # another sampler
+    dae-gen-sample run=outputs/my_run task=inpaint inpaint.mask=centre   # image tasks: see dae_gen.cli.tasks
 
 Nothing is written until every sample is drawn and finite; the folder (``out``, default
 ``<run>/samples_cli/<date_time>``) then gets ``samples.png``, ``sample.json`` and, with ``save_npz=true``,
@@ -45,7 +46,7 @@ log = logging.getLogger("dae_gen.cli")
 RECORD_FILE = "sample.json"
 #: Types of the top-level keys of configs/sample.yaml.
 SAMPLE_KEYS = {"out": str | None, "n_samples": int, "batch_size": int, "seed": int, "use_ema": bool,
-               "save_npz": bool, "device": str}
+               "save_npz": bool, "device": str, "task": str}
 
 
 def sampling_record(run: Run, settings: dict[str, Any], *, seed: int, n_samples: int, batch_size: int,
@@ -67,6 +68,14 @@ def sample(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     set_threads(cfg.get("threads"))
     run = load_run(str(cfg.run), device=cfg.device, use_ema=cfg.use_ema)
     sampler, settings = cli_sampler(run, cfg.get("sampler"))
+    if cfg.get("task", "sample") != "sample":  # inpaint | interpolate | trajectory | denoise
+        from dae_gen.cli.tasks import run_task
+
+        out_dir = Path(out_dir) if out_dir is not None else new_output_dir(run.path / "samples_cli")
+        picture = run_task(run, cfg, sampler, out_dir)
+        log.info("task=%s of %s (step %d, %s) written to %s", cfg.task, run.checkpoint, run.step,
+                 sampler_label(settings), picture)
+        return picture
     samples = draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
                            progress=True, require_finite=True)
     record = sampling_record(run, settings, seed=cfg.seed, n_samples=cfg.n_samples, batch_size=cfg.batch_size,
