@@ -12,7 +12,6 @@ Samplers are named by their config file in ``configs/sampler/`` (installed as ``
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -30,6 +29,7 @@ from dae_gen.errors import CheckpointError, ConfigError
 from dae_gen.objectives.base import Objective
 from dae_gen.samplers.batches import draw_samples
 from dae_gen.score import Callback
+from dae_gen.settings import check_keywords
 
 #: Arguments every sampler driver takes that are not settings.
 _DRIVER_ARGUMENTS = ("model", "n", "generator", "callback")
@@ -59,7 +59,8 @@ def build_sampler(settings: Mapping[str, Any], **overrides: Any) -> tuple[Callab
     """A sampler driver ``(model, n, *, generator, callback) -> Tensor`` and the exact settings it uses.
 
     settings:   a sampler config (``_target_`` naming a driver function, and its keyword arguments).
-    overrides:  keyword arguments replacing or adding settings; each must be an argument of the driver.
+    overrides:  keyword arguments replacing or adding settings; each must be an argument of the driver, of its
+                annotated type (a ConfigError names the first that is not).
     """
     from hydra.utils import get_method, instantiate
 
@@ -73,12 +74,7 @@ def build_sampler(settings: Mapping[str, Any], **overrides: Any) -> tuple[Callab
         driver = get_method(target)
     except Exception as err:
         raise ConfigError(f"sampler _target_ {target!r} cannot be imported ({err})") from err
-    parameters = inspect.signature(driver).parameters
-    knobs = [name for name in parameters if name not in _DRIVER_ARGUMENTS]
-    unknown = sorted(k for k in settings if not k.startswith("_") and k not in knobs)
-    if unknown:
-        raise ConfigError(f"sampler {target.rsplit('.', 1)[-1]} has no setting {', '.join(map(repr, unknown))}; "
-                          f"its settings are {knobs}")
+    check_keywords(driver, settings, where="sampler", noun="setting", exclude=_DRIVER_ARGUMENTS)
     return instantiate(settings), settings
 
 

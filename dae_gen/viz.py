@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -51,20 +52,21 @@ def save_image_grid(images01: Tensor, path: str | Path, *, nrow: int | None = No
 
 def save_scatter(points: Tensor, path: str | Path, *, reference: Tensor | None = None,
                  bounds: tuple[float, float] | None = None, title: str | None = None) -> Path:
-    """Scatter plot of 2-D samples (and, lightly, of reference data)."""
+    """Scatter plot of 2-D samples over (lightly drawn) reference data, with a legend and an optional title."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     if reference is not None:
         ref = reference.detach().cpu().numpy()
-        ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.75", label="data")
+        ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.75", label=f"data ({len(ref)})")
     pts = points.detach().cpu().reshape(points.shape[0], -1).numpy()
-    ax.scatter(pts[:, 0], pts[:, 1], s=2, c="tab:blue", label="samples")
+    ax.scatter(pts[:, 0], pts[:, 1], s=2, c="tab:blue", label=f"samples ({len(pts)})")
     if bounds is not None:
         ax.set_xlim(*bounds)
         ax.set_ylim(*bounds)
     ax.set_aspect("equal")
+    ax.legend(loc="upper right", markerscale=4, fontsize=7, framealpha=0.8)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,18 +83,33 @@ def reference_points(data, n: int = 2000) -> Tensor | None:
 
 
 def sample_saver(info, *, reference: Tensor | None = None, title: str | None = None
-                 ) -> Callable[[Tensor, Path], Path]:
-    """The right picture for a dataset: an image grid (model range → [0, 1]) or a 2-D scatter plot.
+                 ) -> Callable[..., Path]:
+    """The right picture for a dataset: ``save(samples, path, step=None)`` writes an image grid (model range →
+    [0, 1]) or a 2-D scatter plot.
 
     info:       a ``DataInfo`` (``kind``, ``shape``, ``to_unit``, ``bounds``).
     reference:  points drawn lightly behind 2-D samples (e.g. 2000 exact data samples).
-    title:      scatter plots only.
+    title:      scatter plots only, e.g. ``"DenoisingScoreMatching · annealed_langevin · step {step}"``; ``{step}``
+                is ``step=``, else the number ending the file name (the trainer's ``samples_<step>.png``).
     """
     if info.kind == "image":
         size = info.shape[-1]
-        return lambda x, path: save_image_grid(info.to_unit(x), path, scale=max(1, 64 // size))
+
+        def save_grid(x: Tensor, path: str | Path, *, step: int | None = None) -> Path:
+            return save_image_grid(info.to_unit(x), path, scale=max(1, 64 // size))
+
+        return save_grid
     if info.kind == "points":
-        return lambda x, path: save_scatter(x, path, reference=reference, bounds=info.bounds, title=title)
+
+        def save_points(x: Tensor, path: str | Path, *, step: int | None = None) -> Path:
+            if step is None and (found := re.search(r"_(\d+)$", Path(path).stem)):
+                step = int(found[1])
+            text = title
+            if text and "{step}" in text:
+                text = text.format(step=step) if step is not None else text.replace(" · step {step}", "")
+            return save_scatter(x, path, reference=reference, bounds=info.bounds, title=text)
+
+        return save_points
     raise ValueError(f"no picture for data of kind {info.kind!r}")
 
 
