@@ -71,20 +71,21 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu", mmap: bool = False
+                    ) -> dict[str, Any]:
     """Read and validate a checkpoint written by :func:`save_checkpoint`.
 
     ``path`` is a checkpoint file, or a run directory: then its newest *readable* step checkpoint, with a
-    warning for each newer one that could not be read (nothing on disk is changed).
+    warning for each newer one that could not be read (nothing on disk is changed). ``mmap``: map the tensors'
+    storage from the file instead of reading it (the archive and its index are still read and checked).
     """
     path = Path(path)
     if path.is_dir():
-        state, _, unreadable = newest_readable_checkpoint(path, map_location=map_location)
+        state, _, unreadable = newest_readable_checkpoint(path, map_location=map_location, mmap=mmap)
         for _, reason in unreadable:
             log.warning("%s; reading the previous checkpoint instead", reason)
         if state is None and unreadable:
-            raise CheckpointError(f"none of the {len(unreadable)} checkpoints in {checkpoint_dir(path)} can be read "
-                                  f"(newest: {unreadable[0][1]})")
+            raise none_readable(path, unreadable)
         if state is None:
             raise CheckpointError(f"no checkpoint in {path}: expected {path}/checkpoints/ckpt_<step>.pt "
                                   "(train a model first, or point at a checkpoint file)")
@@ -92,7 +93,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # pickle errors, zip errors, truncated files, forbidden globals
         raise CheckpointError(f"cannot read checkpoint {path}: {_read_error(err)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -116,19 +117,37 @@ def _read_error(err: Exception) -> str:
     return f"the file is corrupt or truncated ({type(err).__name__}{': ' + first if first else ''})"
 
 
-def newest_readable_checkpoint(run_dir: str | Path, *, map_location: str | torch.device = "cpu"
+def newest_readable_checkpoint(run_dir: str | Path, *, map_location: str | torch.device = "cpu", mmap: bool = False
                                ) -> tuple[dict[str, Any] | None, Path | None, list[tuple[Path, str]]]:
     """``(state, path, unreadable)``: the newest step checkpoint of ``run_dir`` that loads, and the newer ones
     that did not, with the reason (``(None, None, unreadable)`` when none loads or there are none)."""
     unreadable: list[tuple[Path, str]] = []
     for _, path in reversed(step_checkpoints(run_dir)):
         try:
-            state = load_checkpoint(path, map_location=map_location)
+            state = load_checkpoint(path, map_location=map_location, mmap=mmap)
         except CheckpointError as err:
             unreadable.append((path, str(err)))
             continue
         return state, path, unreadable
     return None, None, unreadable
+
+
+def resumable_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint a run resumes from: its newest readable step checkpoint (checked memory-mapped, so no
+    weights are read), None when it has none; :class:`CheckpointError` when it has some but none can be read.
+    The trainer sets the newer unreadable ones aside when it resumes (``dae_gen.run_dir.RunCheckpoints``)."""
+    _, path, unreadable = newest_readable_checkpoint(run_dir, mmap=True)
+    if path is None and unreadable:
+        raise none_readable(run_dir, unreadable)
+    return path
+
+
+def none_readable(run_dir: str | Path, unreadable: list[tuple[Path, str]]) -> CheckpointError:
+    """The one error for a run whose checkpoints all fail to load."""
+    return CheckpointError(
+        f"none of the {len(unreadable)} checkpoints in {checkpoint_dir(run_dir)} can be read (newest: "
+        f"{unreadable[0][1]}). Nothing was changed; move them elsewhere to start this run afresh, or restore one "
+        "from a backup")
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -156,4 +175,5 @@ def prune_checkpoints(run_dir: str | Path, *, keep: int) -> None:
 
 
 __all__ = ["FORMAT", "checkpoint_dir", "describe_os_error", "latest_checkpoint", "load_checkpoint",
-           "newest_readable_checkpoint", "prune_checkpoints", "save_checkpoint", "step_checkpoints"]
+           "newest_readable_checkpoint", "none_readable", "prune_checkpoints", "resumable_checkpoint",
+           "save_checkpoint", "step_checkpoints"]

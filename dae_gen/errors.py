@@ -40,4 +40,9 @@ class TrainingInterrupted(DaeGenError, RuntimeError):
         return str(self.args[0])
 
 
-__all__ = ["CheckpointError", "ConfigError", "DaeGenError", "DataError", "TrainingDiverged", "TrainingInterrupted"]
+class SamplingDiverged(DaeGenError, RuntimeError):
+    """Some drawn samples are NaN/inf (a sampler's step size too large for the model); nothing was written."""
+
+
+__all__ = ["CheckpointError", "ConfigError", "DaeGenError", "DataError", "SamplingDiverged", "TrainingDiverged",
+           "TrainingInterrupted"]

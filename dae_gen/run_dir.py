@@ -39,10 +39,11 @@ from dae_gen.checkpoint import (
     describe_os_error,
     load_checkpoint,
     newest_readable_checkpoint,
+    none_readable,
     prune_checkpoints,
     save_checkpoint,
 )
-from dae_gen.errors import CheckpointError, ConfigError, DaeGenError, TrainingDiverged
+from dae_gen.errors import ConfigError, DaeGenError, TrainingDiverged
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
@@ -305,9 +306,7 @@ class RunCheckpoints:
         self._remove_stale_temporaries()
         state, path, unreadable = newest_readable_checkpoint(self.run_dir, map_location=map_location)
         if state is None and unreadable:
-            raise CheckpointError(
-                f"none of the {len(unreadable)} checkpoints in {self.folder} can be read (newest: {unreadable[0][1]}). "
-                "Nothing was changed; move them elsewhere to start this run afresh, or restore one from a backup")
+            raise none_readable(self.run_dir, unreadable)
         for bad, reason in unreadable:
             aside = bad.with_name(bad.name + ".unreadable")
             n = 1

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import console_command, error_lines, run_command, snapshot
 from dae_gen import checkpoint as checkpoint_module
 from dae_gen import distributed as D
 from dae_gen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, step_checkpoints
@@ -55,7 +56,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 # -- preemption, for real: dae-gen-train killed by SIGTERM and Ctrl-C at random steps ----------------------
 STEPS = 800
-TRAIN = [sys.executable, "-m", "dae_gen.cli.train", "dataset=two_moons", "model=ncsn_mlp", "model.net.hidden=32",
+TRAIN = ["dae-gen-train", "dataset=two_moons", "model=ncsn_mlp", "model.net.hidden=32",
          "model.net.depth=2", "sampler.init=gaussian", "sampler.n_steps_each=1", f"trainer.steps={STEPS}",
          "trainer.batch_size=32", "trainer.log_every=1", "trainer.ckpt_every=300", "trainer.sample_every=0",
          "trainer.progress=false", "trainer.tensorboard=false", "device=cpu", "threads=1"]
@@ -77,8 +78,9 @@ def last_logged_step(run_dir: Path) -> int:
 def interrupt_at(run_dir: Path, signum: int, after_step: int) -> tuple[subprocess.CompletedProcess, int]:
     """Start training, send ``signum`` once ``after_step`` steps are logged; returns the process and the last
     step logged before the signal was sent (every step up to it was complete)."""
-    proc = subprocess.Popen([*TRAIN, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    argv, env = console_command([*TRAIN, f"hydra.run.dir={run_dir}"])
+    proc = subprocess.Popen(argv, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.monotonic() + 120
     while (logged := last_logged_step(run_dir)) < after_step:
         assert proc.poll() is None, proc.communicate()
@@ -94,7 +96,7 @@ def test_sigterm_and_ctrl_c_lose_no_step_and_resume_bit_identically(tmp_path):
     seed = rng.randrange(10**6)
     rng.seed(seed)
     reference = tmp_path / "reference"
-    subprocess.run([*TRAIN, f"hydra.run.dir={reference}"], cwd=tmp_path, check=True, capture_output=True)
+    assert run_command([*TRAIN, f"hydra.run.dir={reference}"], cwd=tmp_path).returncode == 0
     run_dir = tmp_path / "interrupted"
     stopped = 0
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -102,9 +104,9 @@ def test_sigterm_and_ctrl_c_lose_no_step_and_resume_bit_identically(tmp_path):
         proc, logged = interrupt_at(run_dir, signum, target)
         name = signal.Signals(signum).name
         assert proc.returncode == 128 + signum, (seed, proc.returncode, proc.stderr[-2000:])
-        message = proc.stderr.strip().splitlines()[-1]
+        assert error_lines(proc.stderr) == [error_lines(proc.stderr)[-1]], proc.stderr[-3000:]  # one line
+        message = error_lines(proc.stderr)[-1]
         assert f"{name} received: stopped after step" in message and "Run the same command to resume" in message
-        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
         stopped = int(message.split("stopped after step ")[1].split("/")[0])
         newest = step_checkpoints(run_dir)[-1][0]
         assert newest == stopped >= logged, (seed, name, logged, stopped)  # the step in flight finished, none lost
@@ -113,7 +115,7 @@ def test_sigterm_and_ctrl_c_lose_no_step_and_resume_bit_identically(tmp_path):
     # the newest checkpoint is truncated on disk: the resume warns, keeps it aside and starts from the previous one
     (step_bad, bad), (step_previous, _) = step_checkpoints(run_dir)[-1], step_checkpoints(run_dir)[-2]
     bad.write_bytes(bad.read_bytes()[:1000])
-    proc = subprocess.run([*TRAIN, f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True)
+    proc = run_command([*TRAIN, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     output = proc.stdout + proc.stderr  # the warning goes wherever the CLI's logging sends it
     assert f"ckpt_{step_bad:08d}.pt" in output and "resuming from" in output, output[-3000:]
@@ -128,18 +130,21 @@ def test_sigterm_and_ctrl_c_lose_no_step_and_resume_bit_identically(tmp_path):
 def test_a_second_trainer_on_a_locked_folder_is_refused_and_the_first_is_unaffected(tmp_path):
     run_dir = tmp_path / "run"
     command = [*TRAIN, f"hydra.run.dir={run_dir}"]
-    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv, env = console_command(command)
+    first = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while last_logged_step(run_dir) < 5:
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.01)
     first.send_signal(signal.SIGSTOP)  # frozen mid-run (still alive, still holding the lock) while the second tries
     try:
-        second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        before = snapshot(run_dir)
+        second = run_command(command, cwd=tmp_path, timeout=120)
+        assert snapshot(run_dir) == before  # the refused launch wrote nothing (no config, history, metrics)
     finally:
         first.send_signal(signal.SIGCONT)
     assert second.returncode != 0
-    assert f"is in use by PID {first.pid}" in second.stderr, second.stderr[-2000:]
+    assert len(error_lines(second.stderr)) == 1 and f"is in use by PID {first.pid}" in second.stderr, second.stderr
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-3000:]
     assert [r["step"] for r in metric_rows(run_dir)] == list(range(1, STEPS + 1))  # each step once
