@@ -137,7 +137,10 @@ def data_parallel(objective: nn.Module, params: list[nn.Parameter], device: torc
     ``static_graph=True``: every phase uses the same parameters at every step, and the double-backward
     objectives (energy, DDE) leave some parameters without a gradient by design (an output bias does not move
     ``∇ₓf``); a static graph finds them once instead of traversing the graph at every step, and leaves their
-    ``.grad`` as None, exactly as a single process does.
+    ``.grad`` as None, exactly as a single process does. (``find_unused_parameters=True`` instead fails for the
+    DDE generator with torch 2.13: its generator phase back-propagates through both DDEs, whose parameters belong
+    to the other phases' DDPs, and the next DDE update then stops with "Encountered gradient which is undefined,
+    but still allreduced by DDP reducer".) Checked against one process for every method in tests/ddp_worker.py.
     """
     if world_size() == 1:
         return objective
