@@ -10,6 +10,7 @@ Examples::
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dae_gen.benchmark import sampler_workload
 from dae_gen.checkpoint import load_checkpoint
 from dae_gen.cli.common import CONFIG_PATH, cli_sampler
 from dae_gen.distributed import resolve_device
@@ -27,6 +29,9 @@ from dae_gen.metrics.evaluate import dataset_reference, evaluate_samples
 from dae_gen.metrics.inception import InceptionFeatures, quantize
 from dae_gen.run import load_run
 from dae_gen.samplers.batches import draw_samples
+from dae_gen.threads import configure_threads
+
+log = logging.getLogger(__name__)
 
 
 def _load_npz_images(path: str | Path) -> tuple[torch.Tensor, int | None]:
@@ -40,8 +45,6 @@ def _load_npz_images(path: str | Path) -> tuple[torch.Tensor, int | None]:
 
 def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Draw (or load) samples, compare them with the reference split, write and return the metrics."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
     if cfg.run is None and cfg.samples is None:
         raise ValueError("give run=<run dir or checkpoint> (to sample) and/or samples=<file.npz> (to evaluate)")
     device = torch.device(resolve_device(cfg.device))
@@ -67,9 +70,13 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
         raise ValueError(f"FID needs image data; {getattr(data, 'name', 'this dataset')} is {data.kind!r} "
                          "(use dae_gen.metrics.toy for 2-D data)")
     if cfg.samples is not None:
+        configure_threads(cfg.get("threads"), device=device)  # nothing to probe: threads=K, else 1 thread
         images, step = _load_npz_images(cfg.samples)
     else:
         sampler, sampler_cfg = cli_sampler(run, cfg.get("sampler"))
+        threads = configure_threads(cfg.get("threads"), device=device, workload=sampler_workload(
+            sampler, run.model, batch=min(int(cfg.batch_size), int(cfg.n_samples))))
+        log.info("torch threads: %s", threads)
         samples = draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
                                progress=True)
         images = quantize(data.to_unit(samples))

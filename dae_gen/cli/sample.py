@@ -9,25 +9,30 @@ Examples::
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
 import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from dae_gen.benchmark import sampler_workload
 from dae_gen.cli.common import CONFIG_PATH, cli_sampler
 from dae_gen.metrics.inception import quantize
 from dae_gen.run import load_run
 from dae_gen.samplers.batches import draw_samples
+from dae_gen.threads import configure_threads
+
+log = logging.getLogger(__name__)
 
 
 def sample(cfg: DictConfig, out_dir: str | Path) -> Path:
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
     run = load_run(cfg.run, device=cfg.device, use_ema=cfg.use_ema)
     sampler, _ = cli_sampler(run, cfg.get("sampler"))
+    threads = configure_threads(cfg.get("threads"), device=run.device, workload=sampler_workload(
+        sampler, run.model, batch=min(int(cfg.batch_size), int(cfg.n_samples))))
+    log.info("torch threads: %s", threads)
     samples = draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
                            progress=True)
     out_dir = Path(out_dir)

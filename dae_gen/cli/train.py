@@ -10,6 +10,7 @@ Examples::
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
@@ -19,20 +20,25 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dae_gen import distributed as D
+from dae_gen.benchmark import training_workload
 from dae_gen.cli.common import CONFIG_PATH
+from dae_gen.threads import configure_threads
 from dae_gen.viz import reference_points, sample_saver
+
+log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Build data, model, sampler and trainer from a composed config and train in ``run_dir``."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
     device = D.init_distributed(cfg.device)
     data = instantiate(cfg.dataset)
     torch.manual_seed(cfg.seed)  # the initial weights (the trainer also broadcasts rank 0's to every rank)
     model = instantiate(cfg.model, data_shape=list(data.shape))
     sampler = instantiate(cfg.sampler)
     sampler(model, 0)  # validates the sampler's settings now rather than at the first sample grid
+    threads = configure_threads(cfg.get("threads"), device=device, workload=training_workload(
+        model, batch_size=cfg.trainer.batch_size, device=device))
+    log.info("torch threads: %s", threads)
     evaluator = instantiate(cfg.metrics)(data=data, sampler=sampler) if cfg.get("metrics") else None
     config = OmegaConf.to_container(cfg, resolve=True)
     config["data_shape"] = list(data.shape)
