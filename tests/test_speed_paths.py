@@ -95,3 +95,17 @@ def test_temperature_sampler_chain_is_unchanged():
     ours = sample_temperature_langevin(model, 5, generator=torch.Generator().manual_seed(0), **settings)
     ref = sample_temperature_langevin(Autograd(), 5, generator=torch.Generator().manual_seed(0), **settings)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)  # float32 rounding only
+
+
+def test_score_unet_channels_last_changes_layout_not_values():
+    from dae_gen.nets.unet import ScoreUNet
+
+    torch.manual_seed(0)
+    cl = ScoreUNet(data_shape=(3, 16, 16), channels=8, channel_mults=(1, 2)).double()
+    torch.manual_seed(0)
+    plain = ScoreUNet(data_shape=(3, 16, 16), channels=8, channel_mults=(1, 2), channels_last=False).double()
+    assert cl.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    x, sigma = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.tensor([0.1, 0.5, 1.0, 2.0], dtype=torch.float64)
+    out = cl(x, sigma)
+    torch.testing.assert_close(out, plain(x, sigma), rtol=1e-12, atol=1e-14)
+    assert out.is_contiguous()  # the default layout outside the network
