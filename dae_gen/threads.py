@@ -12,8 +12,8 @@ The rule (``threads=auto``, the default of every CLI):
 2. count the cores other processes keep busy (``/proc/stat`` over 0.2 s, minus our own use; else the 1-minute
    load average) and take at most the idle ones: a fully busy machine gets 1 thread;
 3. if more than one thread remains possible, *measure*: run the job's real workload (a training step, a sampler
-   step) alternately with 1 and with N threads (1, N, 1, N, ... after one untimed call each) and keep N only if
-   its median is at least ``margin`` (default 1.1) times faster. Tiny networks, whose operators are too small to
+   step) alternately with 1 and with N threads (1, N, 1, N, ... after one untimed call each; see
+   :func:`probe_threads`) and keep N only if its median is at least ``margin`` (default 1.1) times faster. Tiny networks, whose operators are too small to
    split, get 1 thread; large ones keep all idle cores.
 
 An integer ``threads=K`` skips the rule. A CUDA device keeps torch's default (the GPU does the work).
@@ -103,18 +103,31 @@ def busy_cores(interval: float = 0.2) -> float:
     return max(0.0, busy / total * n_cpus - own)
 
 
-def probe_threads(workload: Callable[[], object], candidates: tuple[int, ...], *, rounds: int = 2,
+def probe_threads(workload: Callable[[], object], candidates: tuple[int, ...], *, block_s: float = 0.1,
                   clock: Callable[[], float] = time.perf_counter) -> dict[int, float]:
-    """Median seconds of ``workload()`` per thread count, measured interleaved (A, B, A, B, …) after one untimed
-    call each; leaves torch at the first candidate's count."""
+    """Median seconds of ``workload()`` per thread count, measured interleaved (A, B, A, B, …).
+
+    One untimed call per count first (allocations, oneDNN kernel choice); then 3 rounds for a workload under a
+    second, 2 under ten seconds, else 1; a tiny workload is repeated within a round until it lasts ``block_s``.
+    Leaves torch at the first candidate's count.
+    """
+    warmup = []
+    for n in candidates:
+        torch.set_num_threads(n)
+        start = clock()
+        workload()
+        warmup.append(clock() - start)
+    fastest = max(min(warmup), 1e-6)
+    rounds = 3 if fastest < 1 else 2 if fastest < 10 else 1
+    repeats = max(1, math.ceil(block_s / fastest))
     times: dict[int, list[float]] = {n: [] for n in candidates}
-    for round_ in range(rounds + 1):
+    for _ in range(rounds):
         for n in candidates:
             torch.set_num_threads(n)
             start = clock()
-            workload()
-            if round_:  # round 0 warms up (allocations, oneDNN kernel selection)
-                times[n].append(clock() - start)
+            for _ in range(repeats):
+                workload()
+            times[n].append((clock() - start) / repeats)
     torch.set_num_threads(candidates[0])
     return {n: statistics.median(t) for n, t in times.items()}
 

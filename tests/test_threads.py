@@ -65,12 +65,13 @@ def test_the_probe_measures_and_picks_one_thread_where_one_is_faster(two_cores):
 
     def workload():
         calls.append(torch.get_num_threads())
-        time.sleep(0.004 * torch.get_num_threads() ** 2)
+        time.sleep(0.02 * torch.get_num_threads() ** 2)
 
     choice = T.configure_threads("auto", busy=0.0, workload=workload)
     assert choice.threads == 1 and torch.get_num_threads() == 1
-    assert calls == [1, 2] * 3  # interleaved: one untimed call each, then two timed rounds
-    assert choice.seconds[2] > choice.seconds[1] >= 0.004
+    # interleaved: one untimed call each, then 3 rounds (a short workload) of 5 calls (0.1 s blocks) per count
+    assert calls == [1, 2] + ([1] * 5 + [2] * 5) * 3
+    assert choice.seconds[2] > choice.seconds[1] >= 0.02
 
 
 def test_busy_cores_is_a_share_of_the_machine():

@@ -28,7 +28,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dae_gen import benchmark as B
 from dae_gen.cli.common import CONFIG_PATH
@@ -87,13 +87,17 @@ def variant_configs(cfg: DictConfig) -> list[tuple[str, DictConfig, dict]]:
     values = cfg.get("values")
     if values is None or not OmegaConf.is_list(values) or len(values) < 2:
         raise ConfigError(f"compare={key} needs at least two settings, e.g. values=[1,2]; got values={values}")
-    if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+    parent = OmegaConf.select(cfg, key.rpartition(".")[0]) if "." in key else cfg
+    if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not (
+            OmegaConf.is_dict(parent) and "_target_" in parent):
         raise ConfigError(f"compare={key}: no such key in the composed config; compare an existing key such as "
-                          "threads, trainer.compile, trainer.amp, trainer.batch_size or a model.net.* setting")
+                          "threads, trainer.compile, trainer.amp, trainer.batch_size, or an argument of a "
+                          "_target_ node such as model.net.channels_last")
     variants = []
     for value in OmegaConf.to_container(values, resolve=True):
         variant = copy.deepcopy(cfg)
-        OmegaConf.update(variant, key, value, merge=False)
+        with open_dict(variant):  # a constructor argument the config leaves at its default may be added
+            OmegaConf.update(variant, key, value, merge=False, force_add=True)
         variants.append((f"{key}={value}", variant, {key: value}))
     return variants
 
