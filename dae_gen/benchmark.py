@@ -89,6 +89,8 @@ class SamplerSteps:
 
     step_s:          wall seconds per sampler step (between the first and the last timed step, or the whole call
                      for a one-step sampler).
+    cpu_step_s:      process CPU seconds per step over the same stretch (all threads; on a shared machine the
+                     less noisy figure for comparing settings that use the same number of threads).
     steps_timed:     sampler steps the figure is based on.
     chain_steps:     steps of the whole chain (the callback's ``n``).
     calls_per_step:  network evaluations (``score`` / ``generate`` calls) per step, counted.
@@ -97,6 +99,7 @@ class SamplerSteps:
     """
 
     step_s: float
+    cpu_step_s: float
     steps_timed: int
     chain_steps: int
     calls_per_step: float
@@ -135,6 +138,7 @@ def time_sampler_steps(driver: Callable[..., torch.Tensor], model, batch: int, *
     """
     device = model_device(model)
     stamps: list[float] = []
+    cpu_stamps: list[float] = []
     calls: list[int] = []  # network calls made by each stamp
     total = {"n": 0}
 
@@ -143,6 +147,7 @@ def time_sampler_steps(driver: Callable[..., torch.Tensor], model, batch: int, *
         if i == 1 or i >= steps or i == total["n"]:
             synchronize(device)
         stamps.append(time.perf_counter())
+        cpu_stamps.append(time.process_time())
         calls.append(counter.count)
         if i >= steps and i < total["n"]:
             raise _StopSampling
@@ -151,7 +156,7 @@ def time_sampler_steps(driver: Callable[..., torch.Tensor], model, batch: int, *
     completed = True
     with _CallCounter(model) as counter:
         synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             driver(model, batch, generator=generator, callback=callback)
         except _StopSampling:
@@ -164,11 +169,12 @@ def time_sampler_steps(driver: Callable[..., torch.Tensor], model, batch: int, *
     n_stamps = len(stamps)
     if n_stamps > 1:  # between the first and the last step: no initial state, no final denoising call
         step_s = (stamps[-1] - stamps[0]) / (n_stamps - 1)
+        cpu_step_s = (cpu_stamps[-1] - cpu_stamps[0]) / (n_stamps - 1)
         calls_per_step = (calls[-1] - calls[0]) / (n_stamps - 1)
     else:
-        step_s, calls_per_step = stamps[0] - start, float(calls[0])
+        step_s, cpu_step_s, calls_per_step = stamps[0] - start, cpu_stamps[0] - cpu_start, float(calls[0])
     chain_s = end - start if completed else step_s * total["n"]
-    return SamplerSteps(step_s=step_s, steps_timed=n_stamps, chain_steps=total["n"],
+    return SamplerSteps(step_s=step_s, cpu_step_s=cpu_step_s, steps_timed=n_stamps, chain_steps=total["n"],
                         calls_per_step=calls_per_step, completed=completed, chain_s=chain_s)
 
 

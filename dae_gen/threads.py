@@ -13,8 +13,8 @@ The rule (``threads=auto``, the default of every CLI):
    load average) and take at most the idle ones: a fully busy machine gets 1 thread;
 3. if more than one thread remains possible, *measure*: run the job's real workload (a training step, a sampler
    step) alternately with 1 and with N threads (1, N, 1, N, ... after one untimed call each; see
-   :func:`probe_threads`) and keep N only if its median is at least ``margin`` (default 1.1) times faster. Tiny networks, whose operators are too small to
-   split, get 1 thread; large ones keep all idle cores.
+   :func:`probe_threads`) and keep N only if its median is at least ``margin`` (default 1.1) times faster.
+   Tiny networks, whose operators are too small to split, get 1 thread; large ones keep all idle cores.
 
 An integer ``threads=K`` skips the rule. A CUDA device keeps torch's default (the GPU does the work).
 Results can depend on the thread count in the last bits for large networks (reduction order), so pass an

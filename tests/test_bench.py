@@ -13,10 +13,10 @@ import torch
 
 from conftest import REPO
 from dae_gen import benchmark as B
+from dae_gen.nets.mlp import ScoreMLP
 from dae_gen.noise import geometric_sigmas
 from dae_gen.objectives.base import Objective
 from dae_gen.objectives.dsm import DenoisingScoreMatching
-from dae_gen.nets.mlp import ScoreMLP
 from dae_gen.samplers.langevin import sample_annealed_langevin
 from dae_gen.samplers.temperature import sample_generator, sample_temperature_langevin
 
@@ -134,8 +134,11 @@ def test_bench_cli_compares_two_settings_interleaved(tmp_path):
     assert (first["label"], second["label"]) == ("threads=1", "threads=2")
     assert (first["threads"], second["threads"]) == (1, 2)
     ratio = record["ratios"]["threads=2"]
-    assert ratio["train_step"] == pytest.approx(first["train"]["step_s"] / second["train"]["step_s"])
-    assert ratio["sampler_step"] == pytest.approx(first["sampler"]["step_s"] / second["sampler"]["step_s"])
+    for part in ("train", "sampler"):
+        assert ratio[f"{part}_step"] == pytest.approx(first[part]["step_s"] / second[part]["step_s"])
+        cpu = first[part]["cpu_s_per_step"] / second[part]["cpu_s_per_step"]
+        assert ratio[f"{part}_step_cpu"] == pytest.approx(cpu)
+        assert second[part]["cpu_s_per_step"] > 0
 
 
 def test_bench_config_errors_say_what_to_do(tmp_path):
@@ -143,7 +146,7 @@ def test_bench_config_errors_say_what_to_do(tmp_path):
            f"hydra.run.dir={tmp_path}"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "needs at least two settings, e.g. values=[1,2]" in done.stderr
-    cmd[2] = "compare=trainer.no_such_key"
+    cmd[2] = "compare=no_such_key"
     done = subprocess.run([*cmd, "values=[1,2]"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "no such key in the composed config" in done.stderr
 

@@ -193,6 +193,7 @@ def summarise(setting: Setting, cfg: DictConfig) -> dict:
         chain_steps, calls = runs[0].chain_steps, runs[0].calls_per_step
         chain_s = B.median([r.chain_s for r in runs])
         out["sampler"] = {"target": str(setting.cfg.sampler.get("_target_")), "batch": batch, "step_s": step_s,
+                          "cpu_s_per_step": B.median([r.cpu_step_s for r in runs]),
                           "calls_per_step": calls, "network_images_per_s": calls * batch / step_s,
                           "chain_steps": chain_steps, "chain_s": chain_s, "chain_measured": runs[0].completed,
                           "s_per_image": chain_s / batch, "sample_10k_s": chain_s / batch * 10_000,
@@ -209,15 +210,19 @@ def summarise(setting: Setting, cfg: DictConfig) -> dict:
 
 
 def ratios(records: list[dict]) -> dict:
-    """Speed-up of every setting over the first: time of the first / time of this one (> 1: faster)."""
+    """Speed-up of every setting over the first: time of the first / time of this one (> 1: faster).
+
+    ``*_cpu`` are the same ratios of process CPU time per step: less disturbed by other processes on a shared
+    machine, but a speed ratio only between settings with the same thread count (CPU time adds up threads).
+    """
     first = records[0]
     result = {}
     for rec in records[1:]:
         entry = {}
-        if "train" in rec and "train" in first:
-            entry["train_step"] = first["train"]["step_s"] / rec["train"]["step_s"]
-        if "sampler" in rec and "sampler" in first:
-            entry["sampler_step"] = first["sampler"]["step_s"] / rec["sampler"]["step_s"]
+        for part in ("train", "sampler"):
+            if part in rec and part in first:
+                entry[f"{part}_step"] = first[part]["step_s"] / rec[part]["step_s"]
+                entry[f"{part}_step_cpu"] = first[part]["cpu_s_per_step"] / rec[part]["cpu_s_per_step"]
         result[rec["label"]] = entry
     return result
 
@@ -262,7 +267,8 @@ def table(record: dict) -> str:
         row(f"  of which {p0['n_grids']} grids, {p0['n_evals']} evals",
             [hs(s["projection"]["grids_s"] + s["projection"]["evals_s"]) for s in settings])
     for label, entry in record.get("ratios", {}).items():
-        parts = [f"{k.replace('_', ' ')} {v:.3f}×" for k, v in entry.items()]
+        parts = [f"{part} step {entry[f'{part}_step']:.3f}× (CPU time {entry[f'{part}_step_cpu']:.3f}×)"
+                 for part in ("train", "sampler") if f"{part}_step" in entry]
         lines.append(f"speed-up of {label} over {labels[0]}: " + ", ".join(parts))
     for note in record["notes"]:
         lines.append(f"note: {note}")
