@@ -27,4 +27,8 @@ class TrainingDiverged(DaeGenError, RuntimeError):
     """The loss or the gradients became NaN/inf; the checkpoints on disk are left untouched."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "DaeGenError", "DataError", "TrainingDiverged"]
+class SamplingDiverged(DaeGenError, RuntimeError):
+    """Some drawn samples are NaN/inf (a sampler's step size too large for the model); nothing was written."""
+
+
+__all__ = ["CheckpointError", "ConfigError", "DaeGenError", "DataError", "SamplingDiverged", "TrainingDiverged"]

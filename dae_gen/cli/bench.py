@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,10 +29,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dae_gen import benchmark as B
-from dae_gen.cli.common import CONFIG_PATH
+from dae_gen.cli.common import (
+    CONFIG_PATH,
+    building,
+    check_threads,
+    command_line,
+    reports_user_errors,
+    run_cli,
+    set_threads,
+)
 from dae_gen.distributed import resolve_device
 from dae_gen.errors import ConfigError, DataError
-from dae_gen.threads import busy_cores, configure_threads
+from dae_gen.threads import busy_cores
 
 #: How many fake images to write when a preset's data is missing (enough for any preset's batch).
 FAKE_IMAGES = 512
@@ -47,17 +53,15 @@ def bench_data(dataset_cfg: DictConfig, *, mode: str, scratch: Path) -> tuple[An
     if mode not in ("auto", "real"):
         raise ConfigError(f"bench.data must be 'auto' or 'real', got {mode!r}")
     try:
-        data = instantiate(dataset_cfg)
+        with building("dataset"):  # unwraps the loader's DataError from Hydra's InstantiationException
+            data = instantiate(dataset_cfg)
         return data, {"source": "real", "name": data.info.name, "shape": list(data.shape), "n": len(data)
                       if hasattr(data, "__len__") else None}
-    except Exception as raised:  # Hydra wraps the loader's DataError in an InstantiationException
-        err = raised if isinstance(raised, DataError) else raised.__cause__
-        if not isinstance(err, DataError):
-            raise
+    except DataError as err:
         target = str(dataset_cfg.get("_target_", ""))
         kind = next((k for k in ("cifar10", "celeba") if target.endswith(f".{k}")), None)
         if mode == "real" or kind is None:
-            raise err from None
+            raise
         from dae_gen.data.fakes import write_fake_celeba, write_fake_cifar10
 
         root = scratch / "fake_data"
@@ -68,7 +72,8 @@ def bench_data(dataset_cfg: DictConfig, *, mode: str, scratch: Path) -> tuple[An
         fake_cfg = OmegaConf.merge(dataset_cfg, {"root": str(root), "download": False})
         if kind == "celeba":
             fake_cfg = OmegaConf.merge(fake_cfg, {"cache_dir": str(root)})
-        data = instantiate(fake_cfg)
+        with building("dataset"):
+            data = instantiate(fake_cfg)
         note = (f"the preset's data could not be loaded ({err}); timed on {len(data)} fake {kind} images written in "
                 "the real on-disk format by dae_gen.data.fakes and read by the real loader (same shapes, so the "
                 "same cost per step)")
@@ -109,12 +114,15 @@ class Setting:
         self.label, self.cfg, self.overrides = label, cfg, overrides
         self.threads = overrides.get("threads")
         torch.manual_seed(cfg.seed)
-        self.model = instantiate(cfg.model, data_shape=list(data.shape))
-        self.sampler = instantiate(cfg.sampler)
-        self.sampler(self.model, 0)  # validates the sampler's settings, as dae-gen-train does
-        make_trainer = instantiate(cfg.trainer)
-        self.trainer = make_trainer(objective=self.model, data=data, run_dir=scratch / "run", seed=cfg.seed,
-                                    device=device, progress=False, tensorboard=False)
+        with building("model"):
+            self.model = instantiate(cfg.model, data_shape=list(data.shape))
+        with building("sampler"):
+            self.sampler = instantiate(cfg.sampler)
+            self.sampler(self.model, 0)  # validates the sampler's settings, as dae-gen-train does
+        with building("trainer"):
+            make_trainer = instantiate(cfg.trainer)
+            self.trainer = make_trainer(objective=self.model, data=data, run_dir=scratch / "run", seed=cfg.seed,
+                                        device=device, progress=False, tensorboard=False)
         self.sample_batch = int(cfg.bench.sample_batch or cfg.trainer.n_samples)
         self.effective = {"amp": self.trainer.amp, "compile": bool(cfg.trainer.compile),
                           "batch_size": self.trainer.batch_size}
@@ -234,7 +242,7 @@ def table(record: dict) -> str:
     settings = record["settings"]
     labels = [s["label"] for s in settings]
     width = max(22, *(len(label) + 2 for label in labels))
-    lines = [f"dae-gen-bench {record['command_line']}",
+    lines = [record["command_line"],
              f"device {record['machine']['device']} ({record['machine']['cpu']}, {record['machine']['cpu_count']} "
              f"cores; {record['threads']['summary']})",
              f"data: {record['data']['source']} {record['data']['name']} {tuple(record['data']['shape'])}"]
@@ -277,6 +285,7 @@ def table(record: dict) -> str:
 
 def bench(cfg: DictConfig, out_dir: str | Path, *, command_line: str = "", preset: str | None = None) -> dict:
     """Measure the composed preset (and the settings of ``compare``), write the JSON record, return it."""
+    check_threads(cfg.get("threads"))
     device = torch.device(resolve_device(cfg.device))
     out_dir = Path(out_dir)
     notes: list[str] = []
@@ -290,7 +299,7 @@ def bench(cfg: DictConfig, out_dir: str | Path, *, command_line: str = "", prese
         workload = (B.training_workload(first.model, batch_size=first.trainer.batch_size, device=device)
                     if cfg.bench.train else
                     B.sampler_workload(first.sampler, first.model, batch=first.sample_batch))
-        choice = configure_threads(cfg.get("threads"), workload=workload, device=device)
+        choice = set_threads(cfg.get("threads"), workload=workload, device=device)
         measure(settings, cfg, device=device, threads=choice.threads)
     records = [summarise(setting, cfg) for setting in settings]
     for setting in settings:
@@ -324,13 +333,17 @@ def bench(cfg: DictConfig, out_dir: str | Path, *, command_line: str = "", prese
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="bench", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    command_line = " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+@reports_user_errors
+def app(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
-    record = bench(cfg, hydra_cfg.runtime.output_dir, command_line=command_line,
+    record = bench(cfg, hydra_cfg.runtime.output_dir, command_line=command_line("dae-gen-bench"),
                    preset=hydra_cfg.runtime.choices.get("experiment"))
     print(table(record))
     print(f"record: {record['path']}")
+
+
+def main() -> None:
+    run_cli(app, "dae-gen-bench")
 
 
 if __name__ == "__main__":
