@@ -132,12 +132,8 @@ class Setting:
         self.memory: dict[str, float] = {}
 
     def use_threads(self, default: int) -> None:
-        torch.set_num_threads(int(self.threads) if self.threads is not None else default)
-
-
-def _warm_up_train(setting: Setting, steps: int, device: torch.device) -> float:
-    step_s, _ = B.time_train_steps(setting.trainer.train_step, max(1, steps), device=device)
-    return step_s
+        """This setting's thread count (``compare=threads``), else the one the threads rule chose."""
+        torch.set_num_threads(default if self.threads in (None, "auto") else int(self.threads))
 
 
 def measure(settings: list[Setting], cfg: DictConfig, *, device: torch.device, threads: int) -> None:
@@ -148,7 +144,8 @@ def measure(settings: list[Setting], cfg: DictConfig, *, device: torch.device, t
         setting.use_threads(threads)
         if opts.train:
             memory.start()
-            setting.warmup_s["train_step"] = _warm_up_train(setting, int(opts.warmup), device)
+            setting.warmup_s["train_step"], _ = B.time_train_steps(setting.trainer.train_step,
+                                                                   max(1, int(opts.warmup)), device=device)
             setting.memory["train_peak_mb"] = memory.peak_mb()
         if opts.sample:
             memory.start()
@@ -179,7 +176,7 @@ def measure(settings: list[Setting], cfg: DictConfig, *, device: torch.device, t
     torch.set_num_threads(threads)
 
 
-def summarise(setting: Setting, cfg: DictConfig) -> dict:
+def summarise(setting: Setting) -> dict:
     """The record of one setting: medians, throughputs and the projected full run."""
     tcfg = setting.cfg.trainer
     out: dict[str, Any] = {"label": setting.label, "overrides": setting.overrides, "effective": setting.effective,
@@ -301,7 +298,7 @@ def bench(cfg: DictConfig, out_dir: str | Path, *, command_line: str = "", prese
                     B.sampler_workload(first.sampler, first.model, batch=first.sample_batch))
         choice = set_threads(cfg.get("threads"), workload=workload, device=device)
         measure(settings, cfg, device=device, threads=choice.threads)
-    records = [summarise(setting, cfg) for setting in settings]
+    records = [summarise(setting) for setting in settings]
     for setting in settings:
         if cfg.trainer.amp != "none" and setting.effective["amp"] == "none":
             notes.append(f"{setting.label}: trainer.amp={setting.cfg.trainer.amp} has no effect on {device.type} "
