@@ -8,7 +8,8 @@ The public Python API (no Hydra needed)::
     run.save_grid(x, "grid.png")
 
 Subpackages: ``data``, ``nets``, ``objectives`` (the methods), ``samplers``, ``metrics``; modules ``score`` (the
-protocol every model satisfies), ``noise``, ``trainer``, ``run``, ``viz``, ``density``, ``ais``.
+protocol every model satisfies), ``noise``, ``trainer``, ``run``, ``viz``, ``density``, ``ais``, ``threads`` (the CPU
+threads rule of every CLI), ``benchmark`` (timing, as ``dae-gen-bench`` does it).
 """
 
 from importlib.metadata import PackageNotFoundError, version

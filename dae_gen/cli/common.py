@@ -310,15 +310,23 @@ def check_positive(cfg: Mapping, *keys: str) -> None:
             raise ConfigError(f"{key} must be positive, got {node!r}")
 
 
-def set_threads(threads: Any) -> None:
-    """``threads=K``: torch's CPU threads; null keeps torch's default."""
-    if threads is None:
+def check_threads(threads: Any) -> None:
+    """``threads`` must be a positive int, ``auto`` or null (= auto)."""
+    if threads is None or threads == "auto":
         return
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ConfigError(f"threads: expected a positive int or null, got {threads!r}")
-    import torch
+        raise ConfigError(f"threads: expected a positive int or auto, got {threads!r}")
 
-    torch.set_num_threads(threads)
+
+def set_threads(threads: Any, *, device: Any = "cpu", workload: Callable[[], object] | None = None) -> Any:
+    """``threads=K``: torch's CPU threads; ``auto`` (or null): the rule of :func:`dae_gen.threads.configure_threads`,
+    probing ``workload`` (the job's real step). Every CLI sets its threads here; the choice is logged and returned."""
+    check_threads(threads)
+    from dae_gen.threads import configure_threads
+
+    choice = configure_threads(threads, device=device, workload=workload)
+    logging.getLogger("dae_gen.cli").info("torch threads: %s", choice)
+    return choice
 
 
 @contextmanager
@@ -362,7 +370,8 @@ def sampler_label(settings: Mapping[str, Any]) -> str:
     return str(settings.get("_target_", "sampler")).rsplit(".", 1)[-1].removeprefix("sample_")
 
 
-__all__ = ["CONFIG_PATH", "LOG_FILE", "LOG_FORMAT", "building", "check_arguments", "check_positive", "check_values",
+__all__ = ["CONFIG_PATH", "LOG_FILE", "LOG_FORMAT", "building", "check_arguments", "check_positive", "check_threads",
+           "check_values",
            "cli_sampler", "collected_log", "command_line", "explicit_output_dir", "is_user_error", "new_output_dir",
            "one_line", "open_sampler_overrides", "reports_user_errors", "run_cli", "run_folder", "run_log",
            "sampler_label", "set_threads", "setup_console_logging"]

@@ -25,11 +25,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dae_gen.benchmark import sampler_workload
 from dae_gen.checkpoint import load_checkpoint
 from dae_gen.cli.common import (
     CONFIG_PATH,
     building,
     check_positive,
+    check_threads,
     check_values,
     cli_sampler,
     explicit_output_dir,
@@ -83,7 +85,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     the run) and return the result."""
     check_values(cfg, EVAL_KEYS)
     check_positive(cfg, "n_samples", "batch_size", "kid_subset_size")
-    set_threads(cfg.get("threads"))
+    check_threads(cfg.get("threads"))
     if cfg.run is None and cfg.samples is None:
         raise ConfigError("give run=<run dir or checkpoint> (to sample) and/or samples=<file.npz> (to evaluate)")
     device = torch.device(resolve_device(cfg.device))
@@ -111,9 +113,12 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
             info = instantiate(dataset_cfg).info
     if run is not None:
         sampler, sampler_settings = cli_sampler(run, cfg.get("sampler"))
+        set_threads(cfg.get("threads"), device=device, workload=sampler_workload(
+            sampler, run.model, batch=min(int(cfg.batch_size), int(cfg.n_samples))))
         samples = draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
                                progress=True, require_finite=True)
     else:
+        set_threads(cfg.get("threads"), device=device)  # nothing to probe: threads=K, else 1 thread
         samples = torch.from_numpy(stored["samples"]) if "samples" in stored else None
         if samples is not None and (bad := count_nonfinite(samples)):
             raise SamplingDiverged(f"{bad} of {len(samples)} samples in {cfg.samples} are not finite (NaN or inf)")

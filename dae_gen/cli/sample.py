@@ -25,9 +25,11 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from dae_gen.benchmark import sampler_workload
 from dae_gen.cli.common import (
     CONFIG_PATH,
     check_positive,
+    check_threads,
     check_values,
     cli_sampler,
     command_line,
@@ -65,9 +67,11 @@ def sample(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     """Draw ``cfg.n_samples`` from ``cfg.run``; write them into ``out_dir`` (default: beside the run); return it."""
     check_values(cfg, SAMPLE_KEYS)
     check_positive(cfg, "n_samples", "batch_size")
-    set_threads(cfg.get("threads"))
+    check_threads(cfg.get("threads"))
     run = load_run(str(cfg.run), device=cfg.device, use_ema=cfg.use_ema)
     sampler, settings = cli_sampler(run, cfg.get("sampler"))
+    set_threads(cfg.get("threads"), device=run.device, workload=sampler_workload(
+        sampler, run.model, batch=min(int(cfg.batch_size), int(cfg.n_samples))))
     if cfg.get("task", "sample") != "sample":  # inpaint | interpolate | trajectory | denoise
         from dae_gen.cli.tasks import run_task
 

@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dae_gen import distributed as D
+from dae_gen.benchmark import training_workload
 from dae_gen.checkpoint import latest_checkpoint, load_checkpoint
 from dae_gen.cli.common import (
     CONFIG_PATH,
@@ -36,6 +37,7 @@ from dae_gen.cli.common import (
     building,
     check_arguments,
     check_positive,
+    check_threads,
     check_values,
     collected_log,
     command_line,
@@ -127,7 +129,7 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, checkp
     trainer_cfg = config["trainer"]
     phase_lrs = [f"trainer.phase_lr.{phase}" for phase in trainer_cfg.get("phase_lr") or {}]
     check_positive(config, "trainer.optimizer.lr", *phase_lrs)
-    set_threads(config.get("threads"))
+    check_threads(config.get("threads"))
     with building("dataset"):
         data = instantiate(config["dataset"])
     info = data.info.as_dict()
@@ -141,6 +143,8 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, checkp
     with building("sampler"):
         sampler, settings = build_sampler(config["sampler"])
         sampler(model, 0)  # an empty batch checks the sampler's values now rather than at the first grid
+    set_threads(config.get("threads"), device=device, workload=training_workload(
+        model, batch_size=int(trainer_cfg["batch_size"]), device=device))
     evaluator = None
     if config.get("metrics"):
         with building("metrics"):

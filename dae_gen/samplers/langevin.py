@@ -17,7 +17,7 @@ def denoise_step(score: Score, x: Tensor, sigma: float | Tensor) -> Tensor:
     return x + sigma**2 * score(x, sigma_batch(sigma, x))
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no graph, no version counters: only the score may need grad (it enables it itself)
 def annealed_langevin(score: Score, x: Tensor, sigmas: Tensor, *, n_steps_each: int, step_lr: float,
                       denoise: bool = True, generator: torch.Generator | None = None,
                       callback: Callback = None, noise: Callable[[Tensor], Tensor] | None = None) -> Tensor:

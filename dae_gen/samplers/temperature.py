@@ -38,7 +38,7 @@ def temperature_schedule(*, n_steps_hot: int = 500, temp_hot: float = 100.0, n_s
     return torch.cat([hot, anneal, cool])
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no graph, no version counters: only the score may need grad (it enables it itself)
 def temperature_annealed_langevin(score: Score, x: Tensor, *, sigma0: float, n_steps_hot: int = 500,
                                   temp_hot: float = 100.0, n_steps_anneal: int = 2000, n_steps_cool: int = 200,
                                   step_size: float = 0.02, denoise: bool = True,
