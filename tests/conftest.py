@@ -17,10 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "configs")
 
 
-def run_command(command: list[str], *, cwd: Path, extra_env: dict | None = None,
-                timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a console script (``dae-gen-train`` ...) as a user would: the installed script if there is one, with
-    the user's environment (no HYDRA_FULL_ERROR, which this suite sets for in-process Hydra calls)."""
+def console_command(command: list[str], extra_env: dict | None = None) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that run a console script (``dae-gen-train`` ...) as a user would: the installed
+    script if there is one, with the user's environment (no HYDRA_FULL_ERROR, which this suite sets for in-process
+    Hydra calls)."""
     script = Path(sys.executable).parent / command[0]
     if script.is_file():
         argv = [str(script), *command[1:]]
@@ -29,6 +29,13 @@ def run_command(command: list[str], *, cwd: Path, extra_env: dict | None = None,
         argv = [sys.executable, "-m", f"dae_gen.cli.{module}", *command[1:]]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env.update(extra_env or {})
+    return argv, env
+
+
+def run_command(command: list[str], *, cwd: Path, extra_env: dict | None = None,
+                timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a console script (``dae-gen-train`` ...) as a user would (see :func:`console_command`)."""
+    argv, env = console_command(command, extra_env)
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

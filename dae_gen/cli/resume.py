@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from dae_gen.checkpoint import latest_checkpoint, load_checkpoint
+from dae_gen.checkpoint import load_checkpoint, resumable_checkpoint
 from dae_gen.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
@@ -128,11 +128,11 @@ def refuse_unsafe(changes: list[Change], run_dir: Path) -> None:
 
 
 def stored_config(run_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
-    """The run's stored config (``config.yaml``, else its newest checkpoint's) and its newest checkpoint.
+    """The run's stored config (``config.yaml``, else its newest checkpoint's) and its newest readable checkpoint.
 
     ``(None, None)`` for a folder that holds no run yet; a ConfigError for a folder that holds other files.
     """
-    checkpoint = latest_checkpoint(run_dir)
+    checkpoint = resumable_checkpoint(run_dir)  # newer unreadable ones: the trainer sets them aside, with a warning
     config_path = run_dir / CONFIG_FILE
     if config_path.is_file():
         try:

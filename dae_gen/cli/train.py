@@ -58,7 +58,7 @@ from dae_gen.cli.resume import (
 )
 from dae_gen.errors import CheckpointError, ConfigError, DataError
 from dae_gen.run import build_sampler
-from dae_gen.run_dir import RunLock
+from dae_gen.run_dir import hold_run_dir
 from dae_gen.viz import reference_points, sample_saver
 
 log = logging.getLogger("dae_gen.cli")
@@ -98,10 +98,11 @@ def train(cfg: DictConfig, run_dir: str | Path, *, touched: Iterable[str] | None
     touched = None if touched is None else list(touched)
     config, _, _ = plan(run_dir, requested, touched)  # read-only: which device to start on
     device = D.init_distributed(config.get("device", "auto"))
-    lock = RunLock(run_dir) if D.is_main_process() else contextlib.nullcontext()
     with contextlib.ExitStack() as held:
         with collected_log() as earlier:  # lines logged before train.log may be written: copied there after
-            held.enter_context(lock)  # no other process may write here now; released (removed) if anything fails
+            # no other process may write here now (rank 0 holds the lock; a refusal ends every rank); released
+            # (removed) if anything fails
+            held.enter_context(hold_run_dir(run_dir))
             config, changes, checkpoint = plan(run_dir, requested, touched)
             trainer, config, start = build(config, run_dir=run_dir, device=device, checkpoint=checkpoint)
         if start >= trainer.steps:
