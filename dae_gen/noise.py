@@ -1,12 +1,14 @@
-"""Noise-level schedules and per-batch σ samplers (pure functions).
+"""Noise-level schedules and per-batch σ samplers.
 
 References: NCSN (Song & Ermon 2019) geometric schedule; NCSNv2 (Song & Ermon 2020) Techniques 1–2 for
-σ₁ and the number of levels; annealed DSM (Li, Chen & Sommer 2019) per-slot σ across the batch.
+σ₁ and the number of levels; annealed DSM (Li, Chen & Sommer 2019) per-slot σ across the batch; EDM
+(Karras et al. 2022) the ρ-schedule of its samplers (Eq. 5) and the log-normal training σ (§5, Table 1).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -39,6 +41,34 @@ def validate_sigmas(sigmas: Tensor) -> Tensor:
     if sigmas.numel() > 1 and not (sigmas[1:] < sigmas[:-1]).all():
         raise ValueError(f"sigmas must be strictly decreasing (σ_1 > … > σ_L), got {sigmas.tolist()}")
     return sigmas
+
+
+def as_sigma_schedule(sigmas: float | Sequence[float] | Tensor) -> Tensor:
+    """A σ schedule from a scalar, a (Hydra) list or a tensor, checked by ``validate_sigmas``: shape ``(L,)``."""
+    if isinstance(sigmas, Tensor):
+        return validate_sigmas(sigmas.detach().reshape(-1))
+    if isinstance(sigmas, (int, float)):
+        sigmas = [sigmas]
+    return validate_sigmas(torch.tensor([float(s) for s in sigmas]))
+
+
+def karras_sigmas(n_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """EDM's sampling schedule (Karras et al. 2022, Eq. 5), shape ``(n_steps + 1,)`` float64, ending with σ_N = 0:
+
+    ``σ_i = (σ_max^{1/ρ} + i/(N−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ`` for i < N. ρ = 7 (EDM), ρ = 1 is linear,
+    large ρ tends to geometric. ``sigma_min == sigma_max`` gives N equal levels (a one-level model), ``n_steps = 1``
+    the single level σ_max.
+    """
+    if int(n_steps) < 1:
+        raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+    if not (sigma_min > 0 and sigma_max >= sigma_min):
+        raise ValueError(f"need 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if not rho > 0:
+        raise ValueError(f"rho must be positive, got {rho}")
+    ramp = torch.linspace(0, 1, int(n_steps), dtype=torch.float64) if n_steps > 1 else torch.zeros(1, dtype=torch.float64)
+    inv_max, inv_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    sigmas = (inv_max + ramp * (inv_min - inv_max)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
 def ncsnv2_sigma_max(data: Tensor) -> float:
@@ -86,6 +116,38 @@ def sample_levels(batch_size: int, sigmas: Tensor, *, generator: torch.Generator
     """NCSN training: one σ per example, drawn uniformly from the schedule. Returns shape ``(B,)``."""
     idx = torch.randint(len(sigmas), (batch_size,), generator=generator, device=sigmas.device)
     return sigmas[idx]
+
+
+class UniformLevels:
+    """Training σ of the NCSN family: each example draws one of the model's levels σ_1 … σ_L uniformly."""
+
+    def sample(self, batch_size: int, levels: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """``(B,)`` noise levels on ``levels``' device."""
+        return sample_levels(batch_size, levels, generator=generator)
+
+    def __repr__(self) -> str:
+        return "UniformLevels()"
+
+
+class LogNormalSigma:
+    """EDM's training σ (Karras et al. 2022, §5): ``ln σ ~ N(p_mean, p_std²)``, continuous.
+
+    p_mean:  mean of ln σ (EDM: −1.2, for data in [−1, 1]).
+    p_std:   standard deviation of ln σ (EDM: 1.2).
+    """
+
+    def __init__(self, *, p_mean: float = -1.2, p_std: float = 1.2):
+        if not p_std > 0:
+            raise ValueError(f"p_std must be positive, got {p_std}")
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
+
+    def sample(self, batch_size: int, levels: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """``(B,)`` noise levels on ``levels``' device (the levels themselves are not used)."""
+        normal = torch.randn(batch_size, generator=generator, device=levels.device, dtype=levels.dtype)
+        return (self.p_mean + self.p_std * normal).exp()
+
+    def __repr__(self) -> str:
+        return f"LogNormalSigma(p_mean={self.p_mean}, p_std={self.p_std})"
 
 
 def batch_spaced_sigmas(batch_size: int, sigma_low: float, sigma_high: float, *, spacing: str = "linear",

@@ -94,3 +94,27 @@ def score_errors(model, mixture, sigma: float, generator: torch.Generator, n: in
     relative = (estimate - exact).pow(2).sum(1).mean() / exact.pow(2).sum(1).mean()
     cosine = torch.nn.functional.cosine_similarity(estimate, exact).mean()
     return relative.item(), cosine.item()
+
+
+def heun_step_gain(sigma: float, sigma_next: float, s: float) -> float:
+    """The factor g of one EDM Heun step σ → σ' on the score of N(m, s²I) data, x' − m = g·(x − m): the ODE is
+    dx/dσ = k(σ)(x − m) with k(σ) = σ/(s² + σ²); Euler g = 1 + h·k(σ), Heun g = 1 + h/2·(k(σ) + k(σ')·(1 + h·k(σ))),
+    h = σ' − σ; the step to σ' = 0 is Euler (EDM Algorithm 1)."""
+    k = lambda sig: sig / (s**2 + sig**2)  # noqa: E731
+    h = sigma_next - sigma
+    return 1 + h * k(sigma) if sigma_next == 0 else 1 + 0.5 * h * (k(sigma) + k(sigma_next) * (1 + h * k(sigma)))
+
+
+def edm_gaussian_moments(sigmas, *, s: float, start_var: float, s_churn: float = 0.0, s_tmin: float = 0.0,
+                         s_tmax: float = float("inf"), s_noise: float = 1.0) -> tuple[float, float]:
+    """Exact (mean gain A, variance) after EDM's Algorithm 2 (Algorithm 1 without churn) on N(m, s²I) data from a
+    start of variance ``start_var`` per coordinate: every step is linear-Gaussian, so x_N − m = A·(x_0 − m) + noise;
+    churn adds variance (σ̂² − σ²)·S_noise², then the Heun step from σ̂ multiplies deviations by its gain."""
+    levels = [float(v) for v in sigmas]
+    gamma_max = min(s_churn / (len(levels) - 1), 2**0.5 - 1)
+    gain, var = 1.0, start_var
+    for sig, nxt in zip(levels[:-1], levels[1:]):
+        hat = sig * (1 + (gamma_max if s_tmin <= sig <= s_tmax else 0.0))
+        step = heun_step_gain(hat, nxt, s)
+        gain, var = gain * step, (var + (hat**2 - sig**2) * s_noise**2) * step**2
+    return gain, var

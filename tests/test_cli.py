@@ -11,8 +11,8 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from conftest import CONFIG_DIR, REPO
-from dae_gen.noise import geometric_sigmas
+from conftest import CONFIG_DIR, REPO, edm_gaussian_moments
+from dae_gen.noise import geometric_sigmas, karras_sigmas
 from dae_gen.objectives.base import Objective
 from dae_gen.samplers.temperature import temperature_schedule
 
@@ -82,7 +82,34 @@ SAMPLER_CASES = {  # config name: (overrides that keep it quick, expected moment
                                                                       n_steps_anneal=cfg.n_steps_anneal,
                                                                       n_steps_cool=cfg.n_steps_cool).tolist()])),
     "generator": ([], lambda cfg, model: (model.mean, torch.full((2,), model.s))),
+    "heun": (["sampler.n_steps=12"], lambda cfg, model: _edm_moments(cfg, model)),
+    "edm_stochastic": (["sampler.n_steps=24", "sampler.s_tmax=1.0"], lambda cfg, model: _edm_moments(cfg, model)),
+    # the predictor alone: linear-Gaussian steps x ← x + v·s + √v·z (the corrector is tested in 784-D in
+    # test_diffusion_samplers.py: its per-example step is heavy-tailed in 2-D); the last step is Tweedie's
+    "pc": (["sampler.n_corrector_steps=0"],
+           lambda cfg, model: _langevin_moments(
+               model.mean, model.s, start_mean=0.0, start_var=float(model.sigmas[0]) ** 2,
+               final_sigma=float(model.sigmas[-1]),
+               steps=[(v / (model.s**2 + sig**2), v)
+                      for sig, nxt in zip(model.sigmas.tolist(), model.sigmas.tolist()[1:]) for v in [sig**2 - nxt**2]])),
+    # the exact flow scales deviations by √((s² + σ_min²)/(s² + σ_max²)), then Tweedie by s²/(s² + σ_min²)
+    "ode": ([], lambda cfg, model: _ode_moments(model)),
 }
+
+
+def _edm_moments(cfg, model):
+    """Exact moments of EDM's samplers on _Gaussian from N(0, σ_max² I) (the model's σ_1, σ_L by default)."""
+    sigma_max, sigma_min = float(model.sigmas[0]), float(model.sigmas[-1])
+    gain, var = edm_gaussian_moments(karras_sigmas(cfg.n_steps, sigma_min, sigma_max, cfg.rho).tolist(), s=model.s,
+                                     start_var=sigma_max**2, **{k: cfg[k] for k in cfg if k.startswith("s_")})
+    return model.mean * (1 - gain), var**0.5
+
+
+def _ode_moments(model):
+    """The exact probability flow from N(0, σ_max² I) to σ_min, then Tweedie's step."""
+    sigma_max, sigma_min, s = float(model.sigmas[0]), float(model.sigmas[-1]), model.s
+    gain = ((s**2 + sigma_min**2) / (s**2 + sigma_max**2)) ** 0.5 * s**2 / (s**2 + sigma_min**2)
+    return model.mean * (1 - gain), gain * sigma_max
 
 
 def test_every_sampler_config_has_a_ground_truth_case():

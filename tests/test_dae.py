@@ -13,9 +13,9 @@ from torch import nn
 from conftest import fit_on_mixture, score_errors
 from dae_gen.density import GaussianMixture
 from dae_gen.nets.mlp import ScoreMLP
-from dae_gen.noise import geometric_sigmas, sample_levels
-from dae_gen.objectives.dae import DenoisingAutoencoder, as_sigma_schedule
-from dae_gen.objectives.dsm import dsm_losses
+from dae_gen.noise import as_sigma_schedule, geometric_sigmas, sample_levels
+from dae_gen.objectives.dae import DenoisingAutoencoder
+from dae_gen.objectives.denoising import dsm_losses
 
 
 class LinearDenoiser(nn.Module):
@@ -44,6 +44,8 @@ def test_sigma_schedule_accepts_scalars_lists_and_tensors():
         as_sigma_schedule([0.1, 1.0])
     with pytest.raises(ValueError, match="weighting"):
         DenoisingAutoencoder(net=LinearDenoiser, data_shape=(2,), sigmas=[0.1], weighting="snr")
+    with pytest.raises(ValueError, match="divide_by_sigma"):  # the net no longer scales its own output
+        DenoisingAutoencoder(net=functools.partial(ScoreMLP, divide_by_sigma=True), data_shape=(2,), sigmas=[0.1])
 
 
 @pytest.mark.parametrize(("residual", "scale_residual"), [(True, True), (True, False), (False, False)])
@@ -85,7 +87,7 @@ def test_score_of_the_optimal_dae_is_the_smoothed_gaussian_score():
 def test_sigma2_weighting_is_twice_the_ncsn_loss_and_none_is_the_reconstruction_error():
     """‖r − x‖²/σ² = σ²‖s(x̃) + (x̃ − x)/σ²‖² = 2 × NCSN's ½σ²‖·‖², for the same σ and noise draws."""
     torch.manual_seed(0)
-    net = functools.partial(ScoreMLP, hidden=16, depth=1, divide_by_sigma=False)
+    net = functools.partial(ScoreMLP, hidden=16, depth=1)
     model = DenoisingAutoencoder(net=net, data_shape=(2,), sigmas=[2.0, 0.5, 0.1]).double()
     x = torch.randn(32, 2, dtype=torch.float64)
 
@@ -100,7 +102,7 @@ def test_sigma2_weighting_is_twice_the_ncsn_loss_and_none_is_the_reconstruction_
     model.weighting = "none"
     torch.manual_seed(1)
     plain = model.losses("model", x)
-    recon = model.reconstruct(x + sigma[:, None] * noise, sigma)
+    recon = model.denoise(x + sigma[:, None] * noise, sigma)
     torch.testing.assert_close(plain, (recon - x).pow(2).sum(1))
     torch.testing.assert_close(plain, weighted * sigma**2)
     assert len(set(sigma.tolist())) == 3  # every level was exercised
@@ -111,7 +113,7 @@ def test_trained_mlp_dae_score_matches_the_smoothed_mixture_score():
     (measured ≈ 0.02) on points drawn from p_σ."""
     torch.manual_seed(0)
     mixture, sigma = three_modes(), 0.3
-    net = functools.partial(ScoreMLP, hidden=64, depth=2, divide_by_sigma=False)
+    net = functools.partial(ScoreMLP, hidden=64, depth=2)
     model = DenoisingAutoencoder(net=net, data_shape=(2,), sigmas=[sigma])
     gen = fit_on_mixture(model, mixture, steps=1000, lr=5e-3, eta_min=2.5e-4)
     rel_error, _ = score_errors(model, mixture, sigma, gen)
@@ -123,7 +125,7 @@ def test_trained_multi_level_dae_score_matches_at_every_level():
     squared score error below 0.2 at every level (measured 0.01–0.12; 0.02–0.31 without the σ output scale)."""
     torch.manual_seed(0)
     mixture, sigmas = three_modes(), geometric_sigmas(1.0, 0.05, 5)
-    net = functools.partial(ScoreMLP, hidden=64, depth=2, divide_by_sigma=False)
+    net = functools.partial(ScoreMLP, hidden=64, depth=2)
     model = DenoisingAutoencoder(net=net, data_shape=(2,), sigmas=sigmas)
     gen = fit_on_mixture(model, mixture, steps=1500, lr=5e-3, eta_min=2.5e-4)
     for sigma in sigmas.tolist():
@@ -133,7 +135,7 @@ def test_trained_multi_level_dae_score_matches_at_every_level():
 
 def test_per_example_losses_on_images_are_finite_and_reach_the_net():
     torch.manual_seed(0)
-    net = functools.partial(ScoreMLP, hidden=16, depth=1, divide_by_sigma=False)
+    net = functools.partial(ScoreMLP, hidden=16, depth=1)
     model = DenoisingAutoencoder(net=net, data_shape=(1, 8, 8), sigmas=[1.0, 0.1])
     x = torch.rand(5, 1, 8, 8)
     losses = model.losses("model", x)

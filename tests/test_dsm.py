@@ -10,7 +10,8 @@ from conftest import score_errors
 from dae_gen.density import GaussianMixture
 from dae_gen.nets.mlp import ScoreMLP
 from dae_gen.noise import geometric_sigmas
-from dae_gen.objectives.dsm import DenoisingScoreMatching, dsm_losses
+from dae_gen.objectives.denoising import dsm_losses
+from dae_gen.objectives.dsm import DenoisingScoreMatching
 
 
 def test_dsm_loss_floor_is_attained_by_the_true_score():

@@ -33,32 +33,34 @@ def test_unet_shape_and_per_example_conditioning(data_shape, mults):
     net = ScoreUNet(data_shape=data_shape, channels=8, channel_mults=mults).double()
     x = torch.randn(3, *data_shape, dtype=torch.float64)
     sigma = torch.tensor([0.01, 0.3, 5.0], dtype=torch.float64)
-    out = net(x, sigma)
+    out = net(x, sigma.log())
     assert out.shape == x.shape
     # GroupNorm is per-example, so example b depends only on (x[b], σ[b]): batching changes nothing.
     for b in range(3):
-        torch.testing.assert_close(out[b : b + 1], net(x[b : b + 1], sigma[b : b + 1]))
+        torch.testing.assert_close(out[b : b + 1], net(x[b : b + 1], sigma[b : b + 1].log()))
 
 
-def test_unet_sigma_conditioning_changes_output():
+def test_unet_noise_label_conditioning_changes_output():
     torch.manual_seed(0)
-    net = ScoreUNet(data_shape=(1, 8, 8), channels=8, divide_by_sigma=False)
+    net = ScoreUNet(data_shape=(1, 8, 8), channels=8)
     x = torch.randn(1, 1, 8, 8).expand(4, -1, -1, -1)
-    out = net(x, torch.tensor([0.01, 0.1, 1.0, 10.0]))
-    # Same input, different σ: the undivided outputs must differ pairwise by a non-negligible amount.
+    out = net(x, torch.tensor([0.01, 0.1, 1.0, 10.0]).log())
+    # Same input, different noise labels: the outputs must differ pairwise by a non-negligible amount.
     for i in range(4):
         for j in range(i + 1, 4):
             assert (out[i] - out[j]).abs().max() > 1e-3 * out.abs().max()
 
 
-def test_unet_divide_by_sigma_identity():
-    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    sigma = torch.tensor([0.01, 0.2, 1.0, 50.0])
+def test_unet_is_a_raw_network_without_sigma_scaling():
+    """The label enters only through the embedding: a zero embedding MLP makes the output independent of it."""
     torch.manual_seed(0)
-    divided = ScoreUNet(data_shape=(1, 8, 8), channels=8, divide_by_sigma=True)
-    torch.manual_seed(0)
-    plain = ScoreUNet(data_shape=(1, 8, 8), channels=8, divide_by_sigma=False)
-    torch.testing.assert_close(divided(x, sigma) * sigma.reshape(-1, 1, 1, 1), plain(x, sigma))
+    net = ScoreUNet(data_shape=(1, 8, 8), channels=8)
+    for p in net.sigma_embed.mlp[-1].parameters():
+        torch.nn.init.zeros_(p)
+    x = torch.randn(1, 1, 8, 8).expand(3, -1, -1, -1)
+    out = net(x, torch.tensor([-5.0, 0.0, 5.0]))
+    torch.testing.assert_close(out[0], out[1])
+    torch.testing.assert_close(out[0], out[2])
 
 
 def test_unet_invalid_sizes_raise():

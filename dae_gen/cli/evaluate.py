@@ -49,6 +49,7 @@ from dae_gen.metrics.inception import InceptionFeatures, quantize, resolve_weigh
 from dae_gen.metrics.toy import compare_with_exact
 from dae_gen.run import load_run
 from dae_gen.samplers.batches import count_nonfinite, draw_samples
+from dae_gen.samplers.nfe import CountingModel
 
 log = logging.getLogger("dae_gen.cli")
 #: Types of the top-level keys of configs/eval.yaml.
@@ -115,14 +116,17 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
         sampler, sampler_settings = cli_sampler(run, cfg.get("sampler"))
         set_threads(cfg.get("threads"), device=device, workload=sampler_workload(
             sampler, run.model, batch=min(int(cfg.batch_size), int(cfg.n_samples))))
-        samples = draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
+        counted = CountingModel(run.model)
+        samples = draw_samples(counted, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
                                progress=True, require_finite=True)
+        nfe = counted.nfe_per_image(cfg.n_samples)
     else:
         set_threads(cfg.get("threads"), device=device)  # nothing to probe: threads=K, else 1 thread
         samples = torch.from_numpy(stored["samples"]) if "samples" in stored else None
         if samples is not None and (bad := count_nonfinite(samples)):
             raise SamplingDiverged(f"{bad} of {len(samples)} samples in {cfg.samples} are not finite (NaN or inf)")
         sampler_settings = stored["record"].get("sampler")
+        nfe = stored["record"].get("nfe_per_image")
     if info.kind == "points":
         if samples is None:
             raise DataError(f"samples={cfg.samples} holds no 'samples' array for the 2-D data {info.name}")
@@ -133,7 +137,8 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     else:
         metrics, reference = image_metrics(cfg, dataset_cfg, samples, stored, device)
     result = {**metrics, "step": step, "run": None if source is None else str(source), "samples": cfg.samples,
-              "sampler": sampler_settings, "seed": cfg.seed, "use_ema": cfg.use_ema if run is not None else None,
+              "sampler": sampler_settings, "nfe_per_image": nfe, "seed": cfg.seed,
+              "use_ema": cfg.use_ema if run is not None else None,
               "seconds": time.perf_counter() - started}
     if out_dir is None:
         beside = Path(run_folder(str(source), "")) if source is not None else Path(str(cfg.samples)).parent

@@ -43,6 +43,7 @@ from dae_gen.cli.common import (
 from dae_gen.metrics.inception import quantize
 from dae_gen.run import Run, load_run
 from dae_gen.samplers.batches import draw_samples
+from dae_gen.samplers.nfe import CountingModel
 
 log = logging.getLogger("dae_gen.cli")
 RECORD_FILE = "sample.json"
@@ -52,13 +53,15 @@ SAMPLE_KEYS = {"out": str | None, "n_samples": int, "batch_size": int, "seed": i
 
 
 def sampling_record(run: Run, settings: dict[str, Any], *, seed: int, n_samples: int, batch_size: int,
-                    command: str | None = None) -> dict[str, Any]:
-    """What a set of samples came from, enough to draw it again: run, checkpoint, step, weights, sampler, seeds."""
+                    nfe_per_image: float | None = None, command: str | None = None) -> dict[str, Any]:
+    """What a set of samples came from, enough to draw it again: run, checkpoint, step, weights, sampler, seeds;
+    and what they cost (network calls per image)."""
     from dae_gen import __version__
 
     return {"run": str(run.path), "checkpoint": str(run.checkpoint), "step": run.step, "use_ema": run.use_ema,
             "sampler": {k: v for k, v in settings.items() if k != "_partial_"}, "seed": seed,
             "n_samples": n_samples, "batch_size": batch_size, "seeding": "batch k uses seed + k",
+            "nfe_per_image": nfe_per_image,
             "data": run.data.as_dict(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command,
             "dae_gen": __version__}
 
@@ -80,9 +83,11 @@ def sample(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
         log.info("task=%s of %s (step %d, %s) written to %s", cfg.task, run.checkpoint, run.step,
                  sampler_label(settings), picture)
         return picture
-    samples = draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
+    counted = CountingModel(run.model)
+    samples = draw_samples(counted, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
                            progress=True, require_finite=True)
     record = sampling_record(run, settings, seed=cfg.seed, n_samples=cfg.n_samples, batch_size=cfg.batch_size,
+                             nfe_per_image=counted.nfe_per_image(cfg.n_samples),
                              command=command_line("dae-gen-sample"))
     out_dir = Path(out_dir) if out_dir is not None else new_output_dir(run.path / "samples_cli")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +97,7 @@ def sample(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     written.append(out_dir / RECORD_FILE)
     if cfg.save_npz:
         payload = {"samples": samples.numpy(), "step": np.int64(run.step), "seed": np.int64(cfg.seed),
+                   "nfe_per_image": np.float64(record["nfe_per_image"]),
                    "record": np.array(json.dumps(record, default=str))}
         if run.data.kind == "image":
             payload["images_uint8"] = quantize(run.to_unit(samples)).numpy()

@@ -18,25 +18,22 @@ def _mlp(in_dim: int, hidden: int, depth: int, out_dim: int, act: type[nn.Module
 
 
 class ScoreMLP(nn.Module):
-    """σ-conditioned vector field ``s(x, σ)`` for flat data, output divided by σ (NCSNv2 Technique 3).
+    """Noise-conditional vector field ``F(x, c_noise)`` for flat data, the raw network of a preconditioned denoiser.
 
-    σ enters as ``log σ`` concatenated to the input. ``x``: ``(B, *data_shape)``, ``sigma``: ``(B,)``.
+    The noise label (``ln σ`` for NCSN and DAE models, ``¼ ln σ`` for EDM's) is concatenated to the input; the
+    objective's preconditioning does all σ scaling. ``x``: ``(B, *data_shape)``, ``noise_label``: ``(B,)``.
     """
 
-    def __init__(self, *, data_shape: Sequence[int], hidden: int = 128, depth: int = 3, divide_by_sigma: bool = True):
+    def __init__(self, *, data_shape: Sequence[int], hidden: int = 128, depth: int = 3):
         super().__init__()
         self.data_shape = tuple(data_shape)
         self.dim = math.prod(self.data_shape)
-        self.divide_by_sigma = divide_by_sigma
         self.net = _mlp(self.dim + 1, hidden, depth, self.dim, nn.SiLU)
 
-    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def forward(self, x: Tensor, noise_label: Tensor) -> Tensor:
         flat = x.reshape(x.shape[0], -1)
-        h = torch.cat([flat, sigma.reshape(-1, 1).log().to(flat.dtype)], dim=1)
-        out = self.net(h)
-        if self.divide_by_sigma:
-            out = out / sigma.reshape(-1, 1).to(out.dtype)
-        return out.reshape(x.shape)
+        h = torch.cat([flat, noise_label.reshape(-1, 1).to(flat.dtype)], dim=1)
+        return self.net(h).reshape(x.shape)
 
 
 class ScalarMLP(nn.Module):

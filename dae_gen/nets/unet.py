@@ -1,4 +1,9 @@
-"""σ-conditioned U-Net score network for images (NCSN / NCSNv2 family, DDPM-style residual U-Net)."""
+"""Noise-conditional U-Net for images (NCSN / NCSNv2 / EDM family, DDPM-style residual U-Net).
+
+The network is the raw ``F(x, c_noise)`` of a preconditioned denoiser ``D = c_skip·x + c_out·F(c_in·x, c_noise)``
+(Karras et al. 2022, Eq. 7): it takes the noise label ``c_noise(σ)`` the objective's preconditioning gives
+(``ln σ`` for NCSN and DAE models, ``¼ ln σ`` for EDM's) and applies no σ scaling of its own.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,10 @@ from torch import Tensor, nn
 from dae_gen.nets.conv import group_norm, image_shape
 
 
-class SigmaEmbedding(nn.Module):
-    """Sinusoidal features of ``log σ`` followed by a two-layer MLP: ``(B,)`` → ``(B, dim)``.
+class NoiseEmbedding(nn.Module):
+    """Sinusoidal features of the noise label ``c_noise`` followed by a two-layer MLP: ``(B,)`` → ``(B, dim)``.
 
-    Frequencies are geometrically spaced from 1/4 to 16 (per unit of ``log σ``), so both coarse
+    Frequencies are geometrically spaced from 1/4 to 16 per unit of the label; with ``c_noise = ln σ`` both coarse
     (decades of σ) and fine (neighbouring levels of a 500-level schedule) differences are resolved.
     """
 
@@ -27,8 +32,8 @@ class SigmaEmbedding(nn.Module):
         self.register_buffer("freqs", torch.exp(torch.linspace(math.log(0.25), math.log(16.0), half)), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
-    def forward(self, sigma: Tensor) -> Tensor:
-        arg = sigma.reshape(-1, 1).log().to(self.freqs.dtype) * self.freqs  # (B, dim/2)
+    def forward(self, noise_label: Tensor) -> Tensor:
+        arg = noise_label.reshape(-1, 1).to(self.freqs.dtype) * self.freqs  # (B, dim/2)
         return self.mlp(torch.cat([arg.sin(), arg.cos()], dim=1))  # (B, dim)
 
 
@@ -53,12 +58,12 @@ class ResBlock(nn.Module):
 
 
 class ScoreUNet(nn.Module):
-    """Noise-conditional score net ``s(x, σ)``: ``(B, C, H, W)``, ``(B,)`` → ``(B, C, H, W)``.
+    """Noise-conditional network ``F(x, c_noise)``: ``(B, C, H, W)``, ``(B,)`` → ``(B, C, H, W)``.
 
     A residual U-Net with ``len(channel_mults)`` resolution levels (each level halves H and W with a
-    stride-2 conv), skip concatenations, GroupNorm + SiLU, and σ entering every residual block through a
-    sinusoidal embedding of ``log σ``. With ``divide_by_sigma`` the output is divided by σ (NCSNv2,
-    Song & Ermon 2020, Technique 3); without it the net is a plain vector field (e.g. a DAE residual).
+    stride-2 conv), skip concatenations, GroupNorm + SiLU, and the noise label entering every residual block
+    through a sinusoidal embedding. The output is raw: the objective's preconditioning turns it into a denoiser
+    and a score (``dae_gen.objectives.preconditioning``; e.g. NCSNv2's output divided by σ).
     H and W must be divisible by ``2 ** (len(channel_mults) - 1)``: 8×8 with (1, 2); 28×28 with (1, 2, 2).
     With ``channels_last`` the weights and activations use the NHWC memory layout (same values; on this project's
     CPU, training steps 5–12% and score evaluations up to 16% faster); outputs are in the default layout.
@@ -71,8 +76,7 @@ class ScoreUNet(nn.Module):
         channels: int = 32,                     # base width; level i has channels * channel_mults[i]
         channel_mults: Sequence[int] = (1, 2),  # one entry per resolution level
         n_res_blocks: int = 1,                  # residual blocks per level on the way down
-        divide_by_sigma: bool = True,           # NCSNv2 Technique 3: s(x, σ) = net(x, σ) / σ
-        sigma_embed_dim: int | None = None,     # width of the σ embedding; default 4 * channels
+        sigma_embed_dim: int | None = None,     # width of the noise-label embedding; default 4 * channels
         dropout: float = 0.0,                   # dropout inside residual blocks
         channels_last: bool = True,             # NHWC memory layout for the convs (same values, faster on CPU)
     ):
@@ -90,10 +94,9 @@ class ScoreUNet(nn.Module):
         if n_res_blocks < 1:
             raise ValueError(f"n_res_blocks must be >= 1, got {n_res_blocks}")
         self.data_shape = (in_ch, height, width)
-        self.divide_by_sigma = divide_by_sigma
         embed_dim = sigma_embed_dim if sigma_embed_dim is not None else 4 * channels
 
-        self.sigma_embed = SigmaEmbedding(embed_dim)
+        self.sigma_embed = NoiseEmbedding(embed_dim)  # (named sigma_embed: the state-dict keys of older checkpoints)
         self.conv_in = nn.Conv2d(in_ch, channels, 3, padding=1)
 
         # Encoder: record the width of every feature map pushed on the skip stack.
@@ -131,11 +134,11 @@ class ScoreUNet(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)
 
-    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def forward(self, x: Tensor, noise_label: Tensor) -> Tensor:
         if x.shape[1:] != self.data_shape:
             raise ValueError(f"ScoreUNet built for data_shape {self.data_shape}, got input of shape {tuple(x.shape)}")
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
-        emb = self.sigma_embed(sigma).to(x.dtype)  # (B, embed_dim)
+        noise_label = torch.as_tensor(noise_label, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+        emb = self.sigma_embed(noise_label).to(x.dtype)  # (B, embed_dim)
 
         h = self.conv_in(x.contiguous(memory_format=self.memory_format))
         skips = [h]
@@ -153,7 +156,4 @@ class ScoreUNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
             if i < len(self.upsamplers):
                 h = self.upsamplers[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))  # (B, ch, 2H, 2W)
-        out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C, H, W)
-        if self.divide_by_sigma:
-            out = out / sigma.reshape(-1, 1, 1, 1)
-        return out.contiguous()  # the default layout outside the network
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()  # (B, C, H, W), the default layout outside

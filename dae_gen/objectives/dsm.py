@@ -1,47 +1,51 @@
-"""Noise-conditional denoising score matching (NCSN, Song & Ermon 2019, Eq. 5–6).
+"""Noise-conditional denoising score matching (NCSN, Song & Ermon 2019, Eq. 5–6; NCSNv2, Song & Ermon 2020) as a
+preset of the one denoising objective.
 
-A network ``s(x̃, σ)`` over a set of noise levels, trained with the per-example loss
-``λ(σ) · ½‖s(x̃, σ) + (x̃ − x)/σ²‖²`` and ``λ(σ) = σ²``, which at the optimum gives
-``s(x, σ) = ∇ log p_σ(x)`` for every σ in the schedule.
+A network ``s(x̃, σ)`` over a set of noise levels, trained with ``λ(σ)·½‖s(x̃, σ) + (x̃ − x)/σ²‖²`` and
+``λ(σ) = σ²``, i.e. ``DenoisingObjective`` with ``NCSNPreconditioning`` (score = F/σ, NCSNv2 Technique 3),
+σ uniform over the levels and the ``"ncsn"`` weighting ‖D − x‖²/(2σ²).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from dae_gen.noise import sample_levels, validate_sigmas
-from dae_gen.objectives.base import Objective
-from dae_gen.score import expand_sigma
+from dae_gen.noise import UniformLevels
+from dae_gen.objectives.denoising import DenoisingObjective, dsm_losses
+from dae_gen.objectives.preconditioning import NCSNPreconditioning
 
 
-def dsm_losses(score_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: Tensor, *,
-               noise: Tensor | None = None) -> Tensor:
-    """Per-example NCSN loss ``½ σ² ‖s(x + σε, σ) + ε/σ‖²`` summed over dimensions. Shapes: x (B, ...), σ (B,)."""
-    noise = torch.randn_like(x) if noise is None else noise
-    s = expand_sigma(sigma, x)
-    x_noisy = x + s * noise
-    residual = score_fn(x_noisy, sigma) * s + noise  # σ·(s(x̃) + (x̃ − x)/σ²)
-    return 0.5 * residual.pow(2).reshape(x.shape[0], -1).sum(dim=1)
+def without_legacy_flag(net: Callable[..., nn.Module], name: str) -> tuple[Callable[..., nn.Module], Any]:
+    """Split a flag the networks used to take (``divide_by_sigma``) off a network partial: ``(partial, value)``.
+
+    Checkpoints written before preconditioning moved into the objective hold it in their net config; the value
+    is ``None`` when the partial does not set it.
+    """
+    if not isinstance(net, functools.partial) or name not in net.keywords:
+        return net, None
+    keywords = {k: v for k, v in net.keywords.items() if k != name}
+    return functools.partial(net.func, *net.args, **keywords), net.keywords[name]
 
 
-class DenoisingScoreMatching(Objective):
-    """NCSN / NCSNv2 score model: ``net(x, σ)`` is the score; σ is drawn uniformly from ``sigmas`` per example.
+class DenoisingScoreMatching(DenoisingObjective):
+    """NCSN / NCSNv2 score model: ``score = F(x, ln σ)/σ``; σ is drawn uniformly from ``sigmas`` per example.
 
-    net:     partial building the network, called as ``net(data_shape=...)``; forward ``(x, σ) -> score``.
-    sigmas:  the noise levels σ_1 > … > σ_L (training draws from them; Langevin anneals over them).
+    net:             partial building the raw network, called as ``net(data_shape=...)``.
+    sigmas:          the noise levels σ_1 > … > σ_L (training draws from them; Langevin anneals over them).
+    divide_by_sigma: True: score = F/σ (NCSNv2 Technique 3); False: score = F. A ``divide_by_sigma`` in the net
+                     partial (configs written before preconditioning moved here) takes precedence.
     """
 
-    def __init__(self, *, net: Callable[..., nn.Module], data_shape: Sequence[int], sigmas: Sequence[float] | Tensor):
-        super().__init__(data_shape=data_shape)
-        self.net = net(data_shape=self.data_shape)
-        self.register_buffer("sigma_levels", validate_sigmas(torch.as_tensor(sigmas)))
+    def __init__(self, *, net: Callable[..., nn.Module], data_shape: Sequence[int], sigmas: Sequence[float] | Tensor,
+                 divide_by_sigma: bool = True):
+        net, legacy = without_legacy_flag(net, "divide_by_sigma")
+        divide = divide_by_sigma if legacy is None else bool(legacy)
+        super().__init__(net=net, data_shape=data_shape, sigmas=sigmas, training_sigma=UniformLevels(),
+                         preconditioning=NCSNPreconditioning(divide_by_sigma=divide), weighting="ncsn")
 
-    def losses(self, phase: str, x: Tensor) -> Tensor:
-        sigma = sample_levels(x.shape[0], self.sigma_levels)
-        return dsm_losses(self.net, x, sigma)
 
-    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
-        return self.net(x, sigma)
+__all__ = ["DenoisingScoreMatching", "dsm_losses", "without_legacy_flag"]
