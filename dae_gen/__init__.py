@@ -8,7 +8,8 @@ The public Python API (no Hydra needed)::
     run.save_grid(x, "grid.png")
 
 Subpackages: ``data``, ``nets``, ``objectives`` (the methods), ``samplers``, ``metrics``; modules ``score`` (the
-protocol every model satisfies), ``noise``, ``trainer``, ``run``, ``viz``, ``density``, ``ais``.
+protocol every model satisfies), ``noise``, ``trainer``, ``run``, ``viz``, ``density``, ``ais``, ``threads`` (the CPU
+threads rule of every CLI), ``benchmark`` (timing, as ``dae-gen-bench`` does it).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -19,11 +20,18 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
     __version__ = "0+unknown"
 
 from dae_gen import data, metrics, nets, noise, objectives, samplers, score, viz  # noqa: E402
-from dae_gen.errors import CheckpointError, ConfigError, DaeGenError, DataError, TrainingDiverged  # noqa: E402
+from dae_gen.errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    DaeGenError,
+    DataError,
+    SamplingDiverged,
+    TrainingDiverged,
+)
 from dae_gen.run import Run, load_run, sampler_names  # noqa: E402
 from dae_gen.score import ScoreModel  # noqa: E402
 from dae_gen.trainer import Trainer  # noqa: E402
 
-__all__ = ["CheckpointError", "ConfigError", "DaeGenError", "DataError", "Run", "ScoreModel", "Trainer",
-           "TrainingDiverged", "__version__", "data", "load_run", "metrics", "nets", "noise", "objectives",
+__all__ = ["CheckpointError", "ConfigError", "DaeGenError", "DataError", "Run", "SamplingDiverged", "ScoreModel",
+           "Trainer", "TrainingDiverged", "__version__", "data", "load_run", "metrics", "nets", "noise", "objectives",
            "sampler_names", "samplers", "score", "viz"]

@@ -24,7 +24,25 @@ class CheckpointError(DaeGenError, RuntimeError):
 
 
 class TrainingDiverged(DaeGenError, RuntimeError):
-    """The loss or the gradients became NaN/inf; the checkpoints on disk are left untouched."""
+    """The loss or the gradients stayed NaN/inf for too many steps; the checkpoints on disk hold finite weights."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "DaeGenError", "DataError", "TrainingDiverged"]
+class TrainingInterrupted(DaeGenError, RuntimeError):
+    """A stop signal (SIGTERM, Ctrl-C, SLURM's pre-timeout signal) ended training after a checkpoint was written;
+    the same command resumes. ``exit_code`` is 128 + the signal's number, as a shell reports a signal."""
+
+    def __init__(self, message: str, signal_number: int = 15):
+        super().__init__(message, signal_number)
+        self.signal_number = int(signal_number)
+        self.exit_code = 128 + int(signal_number)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SamplingDiverged(DaeGenError, RuntimeError):
+    """Some drawn samples are NaN/inf (a sampler's step size too large for the model); nothing was written."""
+
+
+__all__ = ["CheckpointError", "ConfigError", "DaeGenError", "DataError", "SamplingDiverged", "TrainingDiverged",
+           "TrainingInterrupted"]

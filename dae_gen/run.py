@@ -12,13 +12,13 @@ Samplers are named by their config file in ``configs/sampler/`` (installed as ``
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
@@ -29,6 +29,7 @@ from dae_gen.errors import CheckpointError, ConfigError
 from dae_gen.objectives.base import Objective
 from dae_gen.samplers.batches import draw_samples
 from dae_gen.score import Callback
+from dae_gen.settings import check_keywords
 
 #: Arguments every sampler driver takes that are not settings.
 _DRIVER_ARGUMENTS = ("model", "n", "generator", "callback")
@@ -58,7 +59,8 @@ def build_sampler(settings: Mapping[str, Any], **overrides: Any) -> tuple[Callab
     """A sampler driver ``(model, n, *, generator, callback) -> Tensor`` and the exact settings it uses.
 
     settings:   a sampler config (``_target_`` naming a driver function, and its keyword arguments).
-    overrides:  keyword arguments replacing or adding settings; each must be an argument of the driver.
+    overrides:  keyword arguments replacing or adding settings; each must be an argument of the driver, of its
+                annotated type (a ConfigError names the first that is not).
     """
     from hydra.utils import get_method, instantiate
 
@@ -72,12 +74,7 @@ def build_sampler(settings: Mapping[str, Any], **overrides: Any) -> tuple[Callab
         driver = get_method(target)
     except Exception as err:
         raise ConfigError(f"sampler _target_ {target!r} cannot be imported ({err})") from err
-    parameters = inspect.signature(driver).parameters
-    knobs = [name for name in parameters if name not in _DRIVER_ARGUMENTS]
-    unknown = sorted(k for k in settings if not k.startswith("_") and k not in knobs)
-    if unknown:
-        raise ConfigError(f"sampler {target.rsplit('.', 1)[-1]} has no setting {', '.join(map(repr, unknown))}; "
-                          f"its settings are {knobs}")
+    check_keywords(driver, settings, where="sampler", noun="setting", exclude=_DRIVER_ARGUMENTS)
     return instantiate(settings), settings
 
 
@@ -155,6 +152,27 @@ class Run:
 
             self._reference = reference_points(instantiate(self.config.dataset), n)  # a toy law: no files to read
         return self._reference
+
+    def data_examples(self, n: int, *, split: str = "test", seed: int = 0) -> Tensor:
+        """``n`` real examples ``(n, *data_shape)`` in the model's range on the CPU (inpainting, denoising pictures).
+
+        Images: a seeded choice from ``split`` when the dataset's config has a ``split`` (the dataset is rebuilt from
+        the run's config without dequantisation; held out only if the run trained on another split), else from the
+        training data. 2-D data: ``n`` fresh exact samples.
+        """
+        from hydra.utils import instantiate
+
+        config = self.config.dataset
+        overrides = {key: value for key, value in (("split", split), ("dequantize", False)) if key in config}
+        dataset = instantiate(config, **overrides)
+        generator = torch.Generator().manual_seed(seed)
+        if self.data.kind == "points":
+            return dataset.sample(int(n), generator=generator).cpu()
+        index = torch.randperm(len(dataset), generator=generator)[:int(n)].sort().values
+        images = dataset.images  # uint8 (N, C, H, W): a tensor, or a numpy memmap for large datasets
+        rows = images[index.to(images.device)] if isinstance(images, Tensor) else torch.from_numpy(
+            np.ascontiguousarray(images[index.numpy()]))
+        return dataset.scale_uint8(rows).cpu()
 
     def save_grid(self, samples: Tensor, path: str | Path, *, title: str | None = None) -> Path:
         """An image grid, or for 2-D data a scatter plot over the data, written to ``path`` (PNG)."""

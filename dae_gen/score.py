@@ -85,7 +85,12 @@ def input_gradient(scalar_fn: Callable[[Tensor], Tensor], x: Tensor, *, create_g
     ``create_graph=True`` keeps the graph so a loss containing the gradient can be differentiated
     again with respect to the parameters (double backward), as the energy and DDE losses need.
     Works inside ``torch.no_grad`` / ``torch.inference_mode`` callers (it enables grad locally on a fresh leaf).
+    A network that writes its input gradient out, ``scalar_fn.value_and_input_grad(x, create_graph=)`` (the
+    ResNet energy does, so that its double backward runs native conv kernels), is asked for it instead.
     """
+    explicit = getattr(scalar_fn, "value_and_input_grad", None)
+    if callable(explicit):
+        return explicit(x, create_graph=create_graph)
     with torch.inference_mode(False), torch.enable_grad():
         if not x.requires_grad:
             x = x.detach().clone() if x.is_inference() else x.detach()

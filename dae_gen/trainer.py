@@ -1,37 +1,51 @@
 """The one training loop of dae_gen. It never names a method: it runs an objective's phases.
 
 Each step runs the objective's phase cycle (``(("model", 1),)`` for most methods): for every repeat of a
-phase it draws a fresh batch, asks the objective for per-example losses, averages them, back-propagates,
-averages gradients across ranks, clips, and steps that phase's optimiser and LR schedule. Around the loop:
-EMA of the weights, periodic checkpoints (named state dicts, resumed automatically from the run directory),
-sample grids, metrics in ``metrics.jsonl`` (and TensorBoard if installed), a progress bar, and stop-on-NaN.
+phase it draws a fresh batch, asks the objective for per-example losses, averages them and back-propagates
+(through DistributedDataParallel under several processes, which averages the gradients across ranks), clips,
+and steps that phase's optimiser. Then the LR schedules and the EMA of the weights advance once.
+
+Non-finite values: an update whose loss or gradient norm is NaN/inf is skipped (its optimiser does not step).
+A step with a skipped update is a *skipped step*: the LR schedules and the EMA do not advance either, but the
+step counter does (its batches and noise were drawn, so a resumed run replays exactly the same stream). Skipped
+steps are counted in the log; after ``max_nonfinite_steps`` of them in a row the run stops
+(:class:`~dae_gen.errors.TrainingDiverged`). Weights only ever receive finite updates, and no checkpoint is
+written with a non-finite tensor. Weights that grew huge but stay finite (a learning rate far too high) cannot
+be told from large healthy ones by a threshold; what marks them is that their next loss is not finite. So no
+checkpoint is written during a run of skipped steps (the current weights have just given a non-finite loss):
+after lr=1e6 the newest checkpoint is the last one before the explosion, or none. Each checkpoint records its
+largest ``|weight|``, and the divergence message reports it and warns when the newest checkpoint's weights are
+the ones that gave the first non-finite loss.
+
+Around the loop (run-directory concerns live in :mod:`dae_gen.run_dir`): the run-directory lock, stop signals
+(checkpoint at the finished step, then :class:`~dae_gen.errors.TrainingInterrupted`), checkpoints in rotation
+resumed from the newest readable one, sample grids, evaluation, ``metrics.jsonl`` and a progress bar.
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import logging
 import math
 import shutil
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from dae_gen import distributed as D
-from dae_gen.checkpoint import (
-    CheckpointError,
-    checkpoint_dir,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-)
-from dae_gen.errors import TrainingDiverged
+from dae_gen.checkpoint import describe_os_error
+from dae_gen.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from dae_gen.objectives.base import Objective
+from dae_gen.run_dir import MetricsLog, RunCheckpoints, RunDirError, StopSignals, hold_run_dir, parse_signals
+from dae_gen.samplers.batches import draw_samples
+
+log = logging.getLogger(__name__)
 
 
 # -- learning-rate schedules (pure functions of the step) ----------------------------------------------
@@ -102,29 +116,8 @@ def clip_gradients(params: list[nn.Parameter], *, max_norm: float | None, mode: 
     return norm
 
 
-class MetricsLog:
-    """Append-only JSON-lines log (``metrics.jsonl``), mirrored to TensorBoard when it is installed."""
-
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True):
-        self.path = run_dir / "metrics.jsonl"
-        self.writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                self.writer = None
-
-    def write(self, step: int, values: dict[str, float]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+class _GridAborted(Exception):
+    """A stop signal arrived while a sample grid was being drawn."""
 
 
 # -- the trainer --------------------------------------------------------------------------------------
@@ -133,7 +126,7 @@ class Trainer:
 
     objective:       the method (nets + per-example losses + score).
     data:            dataset object with ``batch(batch_size, generator=)`` (see ``dae_gen.data.base``).
-    run_dir:         output directory; if it holds a checkpoint the run resumes from the newest one.
+    run_dir:         output directory; if it holds a checkpoint the run resumes from the newest readable one.
     steps:           total optimisation steps (one pass over the objective's phase cycle each).
     batch_size:      examples per phase repeat, per process.
     optimizer:       partial ``(params, lr=...) -> Optimizer``, e.g. ``partial(torch.optim.Adam, lr=1e-3)``.
@@ -150,6 +143,11 @@ class Trainer:
     save_samples:    ``(samples, path) -> None`` writing a grid or scatter plot.
     evaluator:       ``(model, step) -> dict`` of metrics (e.g. FID), run every ``eval_every`` steps.
     best_metric:     key of the evaluator's output to keep ``best.pt`` by (lower is better).
+    stop_signals:    signals that stop training after the step in flight, with a checkpoint at that step
+                     (SIGTERM: schedulers and ``kill``; SIGINT: Ctrl-C; SIGUSR1/SIGUSR2: SLURM's pre-timeout
+                     signal, ``--signal=USR1@120`` in a batch script, USR2 from submitit).
+    max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient (1: stop at
+                     the first one); isolated ones are skipped and counted (``skipped_steps`` in the log).
     seed, device, run_config: RNG seed (offset by rank), torch device, resolved config stored in checkpoints.
     """
 
@@ -162,8 +160,9 @@ class Trainer:
                  sampler: Callable[..., Tensor] | None = None,
                  save_samples: Callable[[Tensor, Path], None] | None = None,
                  evaluator: Callable[[nn.Module, int], dict[str, float]] | None = None, best_metric: str = "fid",
-                 seed: int = 0, device: str | torch.device = "cpu", run_config: dict | None = None,
-                 progress: bool = True, tensorboard: bool = True):
+                 stop_signals: Sequence[str] = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"),
+                 max_nonfinite_steps: int = 10, seed: int = 0, device: str | torch.device = "cpu",
+                 run_config: dict | None = None, progress: bool = True, tensorboard: bool = True):
         if int(steps) < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if int(batch_size) < 1:
@@ -178,9 +177,12 @@ class Trainer:
                             ("eval_every", eval_every)]:
             if int(every) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 disables), got {every}")
+        if int(max_nonfinite_steps) < 1:
+            raise ValueError(f"max_nonfinite_steps must be at least 1, got {max_nonfinite_steps}")
         if compile and objective.needs_double_backward:
             raise ValueError(f"compile=true is not possible for {type(objective).__name__}: its loss differentiates "
                              "through an input gradient (double backward), which torch.compile does not support")
+        parse_signals(stop_signals)  # a misspelt signal fails now, not at the first Ctrl-C
         self.device = torch.device(device)
         self.objective = objective.to(self.device)
         self.data = data.to(self.device)
@@ -190,24 +192,28 @@ class Trainer:
         self.amp = amp if self.device.type == "cuda" else "none"
         self.log_every, self.ckpt_every = int(log_every), int(ckpt_every)
         self.sample_every, self.eval_every = int(sample_every), int(eval_every)
-        self.keep_checkpoints, self.n_samples = int(keep_checkpoints), int(n_samples)
+        self.n_samples = int(n_samples)
         self.sampler, self.save_samples = sampler, save_samples
         self.evaluator, self.best_metric = evaluator, best_metric
+        self.stop_signals, self.max_nonfinite_steps = list(stop_signals), int(max_nonfinite_steps)
         self.seed, self.config = int(seed), run_config or {}
         self.progress, self.tensorboard = progress, tensorboard
+        self.checkpoints = RunCheckpoints(self.run_dir, keep=keep_checkpoints)
 
         phase_lr = dict(phase_lr or {})
         unknown = set(phase_lr) - {name for name, _ in objective.phases}
         if unknown:
             raise ValueError(f"phase_lr names phases {sorted(unknown)}, but {type(objective).__name__} has "
                              f"phases {[name for name, _ in objective.phases]}")
+        self.phase_params: dict[str, list[nn.Parameter]] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
         for name, repeats in objective.phases:
             if int(repeats) < 1:
                 raise ValueError(f"phase {name!r} repeats {repeats} times; it must be at least 1")
+            self.phase_params[name] = objective.phase_parameters(name)
             kwargs = {"lr": phase_lr[name]} if name in phase_lr else {}
-            self.optimizers[name] = optimizer(objective.phase_parameters(name), **kwargs)
+            self.optimizers[name] = optimizer(self.phase_params[name], **kwargs)
             if lr_schedule is not None:
                 self.schedulers[name] = lr_schedule(self.optimizers[name], total_steps=self.steps)
         D.broadcast_module(self.objective)  # every rank starts from rank 0's weights
@@ -215,8 +221,14 @@ class Trainer:
         if compile:
             for module in objective.children():
                 module.compile()
+        # what a step calls per phase: the objective itself, or DDP over the phase's parameters
+        self.parallel = {name: D.data_parallel(self.objective, self.phase_params[name], self.device)
+                         for name, _ in objective.phases}
         self.step = 0
         self.best = math.inf
+        self.skipped_steps, self.nonfinite_streak = 0, 0
+        self.last_nonfinite: dict[str, Any] = {}
+        self.newest_grid: Path | None = None
         self.data_generator = torch.Generator(device="cpu")
         self.data_generator.manual_seed(self.seed * 1000 + D.rank())
         torch.manual_seed(self.seed * 1000 + D.rank())
@@ -235,6 +247,8 @@ class Trainer:
             "rng": rng,
             "data": self.data.state_dict(),
             "best": self.best,
+            "nonfinite": {"skipped_steps": self.skipped_steps, "streak": self.nonfinite_streak},
+            "world_size": D.world_size(),
             "config": self.config,
         }
 
@@ -250,6 +264,9 @@ class Trainer:
             raise CheckpointError(f"the checkpoint does not fit this model/optimiser configuration: {err}") from err
         self.step = int(state["step"])
         self.best = float(state.get("best", math.inf))
+        nonfinite = state.get("nonfinite", {})
+        self.skipped_steps = int(nonfinite.get("skipped_steps", 0))
+        self.nonfinite_streak = int(nonfinite.get("streak", 0))
         if D.world_size() == 1:
             torch.set_rng_state(state["rng"]["torch"])
             self.data_generator.set_state(state["rng"]["data"])
@@ -262,127 +279,224 @@ class Trainer:
             torch.manual_seed(stream)
             self.data_generator.manual_seed(stream)
 
-    def save(self, *, name: str | None = None) -> Path | None:
-        if not D.is_main_process():
-            return None
-        path = checkpoint_dir(self.run_dir) / (name or f"ckpt_{self.step:08d}.pt")
-        save_checkpoint(self.state_dict(), path)
-        if name is None:
-            prune_checkpoints(self.run_dir, keep=self.keep_checkpoints)
-        return path
+    def save(self) -> Path:
+        """Checkpoint the current state as ``ckpt_<step>.pt`` (rank 0 writes; every rank calls it)."""
+        return self.checkpoints.save(self.state_dict())
+
+    def _checkpoint_step(self) -> bool:
+        """Checkpoint the step just finished, unless it already is, or its weights have just given a non-finite
+        loss (a run of skipped steps: see the module docstring). Returns whether a checkpoint of it exists."""
+        if self.checkpoints.newest_step == self.step:
+            return True
+        if self.nonfinite_streak:
+            if D.is_main_process():
+                log.warning("no checkpoint at step %d: its weights gave a non-finite loss. %s", self.step,
+                            self.checkpoints.describe_newest())
+            return False
+        self.save()
+        return True
 
     def maybe_resume(self) -> bool:
-        path = latest_checkpoint(self.run_dir)
-        if path is None:
-            return False
+        """Load the newest readable checkpoint of the run directory, if there is one (see ``RunCheckpoints``)."""
         # RNG states must stay CPU byte tensors; load_state_dict moves weights and optimiser state itself
-        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
+        state = self.checkpoints.resume(map_location="cpu")
+        if state is None:
+            return False
+        self.load_state_dict(state)
         return True
 
     # -- one step -----------------------------------------------------------------------------------
-    def _phase_step(self, name: str) -> dict[str, float]:
-        params = self.objective.phase_parameters(name)
-        optimizer = self.optimizers[name]
+    def _phase_step(self, name: str) -> tuple[dict[str, Any], bool]:
+        """One optimiser update of phase ``name`` on a fresh batch; returns its logs and whether it was applied."""
+        params = self.phase_params[name]
         self.objective.zero_grad(set_to_none=True)
         x = self.data.batch(self.batch_size, generator=self.data_generator)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
-            losses = self.objective(name, x)
+            losses = self.parallel[name](name, x)
         if losses.ndim != 1 or losses.shape[0] != x.shape[0]:
             raise RuntimeError(f"{type(self.objective).__name__}.losses({name!r}) must return per-example losses of "
                                f"shape ({x.shape[0]},), got {tuple(losses.shape)}")
         loss = losses.float().mean()
-        loss.backward()
-        D.average_gradients(params)
+        loss.backward()  # under DDP the gradients arrive averaged over ranks
         grad_norm = clip_gradients(params, max_norm=self.grad_clip, mode=self.grad_clip_mode)
-        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-            raise TrainingDiverged(
-                f"non-finite {'loss' if not torch.isfinite(loss) else 'gradient norm'} in phase {name!r} at step "
-                f"{self.step}: loss={loss.item()}, grad_norm={grad_norm.item()}. Nothing was saved from this step; "
-                f"the last checkpoint in {checkpoint_dir(self.run_dir)} is intact. Lower the learning rate or "
-                "set trainer.grad_clip.")
-        optimizer.step()
+        finite = not D.any_rank(~(torch.isfinite(loss) & torch.isfinite(grad_norm)), self.device)
+        if finite:
+            self.optimizers[name].step()
+        else:
+            self.last_nonfinite = {"phase": name, "loss": loss.item(), "grad_norm": grad_norm.item()}
         return {f"loss/{name}": loss.detach(), f"grad_norm/{name}": grad_norm.detach(),
-                f"lr/{name}": optimizer.param_groups[0]["lr"]}
+                f"lr/{name}": self.optimizers[name].param_groups[0]["lr"]}, finite
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, Any]:
         """One pass over the objective's phase cycle; returns the last value of each logged quantity."""
         self.objective.train()
         logs: dict[str, Any] = {}
+        skipped = False
         for name, repeats in self.objective.phases:
             for _ in range(int(repeats)):
-                logs.update(self._phase_step(name))
-        for scheduler in self.schedulers.values():  # once per step, however many repeats a phase has
-            scheduler.step()
-        self.ema.update(self.objective, step=self.step)
+                update_logs, applied = self._phase_step(name)
+                logs.update(update_logs)
+                skipped |= not applied
+        if skipped:  # see the module docstring: schedules and EMA wait, the step counter moves on
+            self.skipped_steps += 1
+            self.nonfinite_streak += 1
+            last = self.last_nonfinite
+            if D.is_main_process():
+                log.warning("step %d: non-finite loss or gradient in phase %r (loss %.4g, gradient norm %.4g); "
+                            "update skipped (%d in a row, %d in this run)", self.step + 1, last["phase"],
+                            last["loss"], last["grad_norm"], self.nonfinite_streak, self.skipped_steps)
+        else:
+            self.nonfinite_streak = 0
+            for scheduler in self.schedulers.values():  # once per step, however many repeats a phase has
+                scheduler.step()
+            self.ema.update(self.objective, step=self.step)
         self.step += 1
+        logs["skipped_steps"] = self.skipped_steps
         return logs
 
     # -- periodic work ------------------------------------------------------------------------------
-    def sample(self, n: int, *, seed: int = 0) -> Tensor:
-        """``n`` samples from the EMA model with a fixed seed (so grids are comparable across steps)."""
+    def sample(self, n: int, *, seed: int = 0, progress: bool = False, callback=None) -> Tensor:
+        """``n`` samples from the EMA model with a fixed seed (so grids are comparable across steps), on the CPU."""
         if self.sampler is None:
             raise RuntimeError("no sampler was given to the trainer")
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        return self.sampler(self.ema.module, n, generator=generator)
+        return draw_samples(self.ema.module, self.sampler, n, batch_size=n, seed=seed, progress=progress,
+                            callback=callback, desc=f"grid at step {self.step}")
 
-    def _write_samples(self) -> None:
-        if self.sampler is None or self.save_samples is None or not D.is_main_process():
+    def _write_samples(self, stop: StopSignals | None = None) -> None:
+        """Draw and save a grid (on rank 0), with its own progress bar; a stop signal abandons it."""
+        if self.sampler is None or self.save_samples is None:
             return
-        samples = self.sample(self.n_samples)
-        folder = self.run_dir / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"samples_{self.step:08d}.png"
-        self.save_samples(samples.cpu(), path)
-        shutil.copyfile(path, self.run_dir / "samples.png")  # the newest grid, under a fixed name
 
-    def _evaluate(self, log: MetricsLog | None) -> None:
-        if self.evaluator is None or not D.is_main_process():
+        def abort_on_stop(info: dict) -> None:
+            if stop is not None and stop.received is not None:
+                raise _GridAborted
+
+        try:
+            samples = self.sample(self.n_samples, progress=self.progress, callback=abort_on_stop)
+        except _GridAborted:
+            log.info("sample grid at step %d abandoned: stopping", self.step)
+            return
+        path = self.run_dir / "samples" / f"samples_{self.step:08d}.png"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.save_samples(samples, path)
+            shutil.copyfile(path, self.run_dir / "samples.png")  # the newest grid, under a fixed name
+        except OSError as err:
+            raise RunDirError(f"cannot write the sample grid {path}: {describe_os_error(err)}") from None
+        self.newest_grid = path
+
+    def _evaluate(self, metrics_log: MetricsLog) -> None:
+        """Run the evaluator on the EMA model (on rank 0); log its metrics; keep ``best.pt`` by ``best_metric``."""
+        if self.evaluator is None:
             return
         metrics = self.evaluator(self.ema.module, self.step)
-        if log is not None:
-            log.write(self.step, {f"eval/{k}": float(v) for k, v in metrics.items()})
+        metrics_log.write(self.step, {f"eval/{k}": float(v) for k, v in metrics.items()})
         value = metrics.get(self.best_metric)
         if value is not None and float(value) < self.best:
             self.best = float(value)
-            self.save(name="best.pt")
+            self.checkpoints.save_as(self.state_dict(), "best.pt")
+
+    # -- stopping -----------------------------------------------------------------------------------
+    def _stop_on_signal(self, stop: StopSignals, received: signal.Signals) -> None:
+        """Checkpoint the step just finished, hand the signal on (submitit requeues), raise TrainingInterrupted."""
+        written = self._checkpoint_step()
+        D.barrier()  # every rank leaves only once the checkpoint is on disk
+        stop.forward()
+        where = (f"checkpoint {self.checkpoints.newest} written." if written else
+                 f"no checkpoint at this step (its loss was not finite). {self.checkpoints.describe_newest()}")
+        raise TrainingInterrupted(f"{received.name} received: stopped after step {self.step}/{self.steps}; {where} "
+                                  "Run the same command to resume.", int(received))
+
+    def _stop_diverged(self) -> None:
+        first = self.step - self.nonfinite_streak + 1
+        last = self.last_nonfinite
+        suspect = ""
+        if self.checkpoints.newest_step == first - 1:  # written just before the first non-finite loss
+            suspect = (" Its weights gave the first non-finite loss, so resuming from it will likely diverge again: "
+                       "move it aside to resume from the one before.")
+        raise TrainingDiverged(
+            f"{self.nonfinite_streak} steps in a row ({first}–{self.step}) had a non-finite loss or gradient (last: "
+            f"phase {last.get('phase')!r}, loss={last.get('loss')}, grad_norm={last.get('grad_norm')}); their updates "
+            f"were skipped and training stopped. {self.checkpoints.describe_newest()}{suspect} Lower "
+            "trainer.optimizer.lr or set trainer.grad_clip; the same command then "
+            f"{'starts the run afresh' if self.checkpoints.newest is None else 'resumes from the newest checkpoint'}.")
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def _log_step(self, logs: dict[str, Any], metrics_log: MetricsLog | None, bar, started: float,
+                  start_step: int) -> dict[str, float]:
+        values = {k: float(D.all_mean(v) if isinstance(v, Tensor) else v) for k, v in logs.items()}
+        values["steps_per_s"] = (self.step - start_step) / max(time.perf_counter() - started, 1e-9)
+        D.on_main(lambda: metrics_log.write(self.step, values))
+        bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k.startswith("loss/")})
+        return values
+
+    def _announce(self, resumed: bool) -> None:
+        if not D.is_main_process():
+            return
+        n_params = sum(p.numel() for p in self.objective.parameters())
+        log.info("run directory %s; device %s%s; %s parameters", self.run_dir, self.device,
+                 f" × {D.world_size()} processes" if D.world_size() > 1 else "", f"{n_params:,}")
+        if resumed:
+            log.info("resumed from step %d (%s)", self.step, self.checkpoints.newest)
+        else:
+            log.info("new run: %d steps", self.steps)
+
+    def _stop_if_asked(self, stop: StopSignals) -> None:
+        """After each step: a stop signal (on any rank) or too many non-finite steps in a row end training."""
+        received = D.max_over_ranks(int(stop.received or 0), self.device)  # all ranks stop at the same step
+        if received:
+            self._stop_on_signal(stop, signal.Signals(int(received)))
+        if self.nonfinite_streak >= self.max_nonfinite_steps:
+            self._stop_diverged()
+
+    def _periodic_work(self, stop: StopSignals, metrics_log: MetricsLog | None) -> None:
+        if self.ckpt_every and self.step % self.ckpt_every == 0:
+            self._checkpoint_step()
+        if self.sample_every and self.step % self.sample_every == 0:
+            D.on_main(lambda: self._write_samples(stop))
+        if self.eval_every and self.step % self.eval_every == 0:
+            D.on_main(lambda: self._evaluate(metrics_log))
+
+    def _summarise(self, last: dict[str, float], seconds: float, start_step: int) -> None:
+        if not D.is_main_process():
+            return
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("loss/"))
+        log.info("finished %d steps (%d this session) in %.1f s%s%s; newest checkpoint %s; newest grid %s",
+                 self.step, self.step - start_step, seconds, f"; {losses}" if losses else "",
+                 f"; {self.skipped_steps} non-finite steps skipped" if self.skipped_steps else "",
+                 self.checkpoints.newest, self.newest_grid)
 
     def fit(self) -> dict[str, float]:
-        """Train until ``steps``, resuming from the run directory's newest checkpoint if there is one."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        resumed = self.maybe_resume()
-        log = MetricsLog(self.run_dir, tensorboard=self.tensorboard) if D.is_main_process() else None
-        bar = None
-        if self.progress and D.is_main_process():
-            from tqdm.auto import tqdm
-            bar = tqdm(total=self.steps, initial=self.step, desc="train", dynamic_ncols=True)
-        last: dict[str, float] = {}
-        started, start_step = time.perf_counter(), self.step
-        try:
-            while self.step < self.steps:
-                logs = self.train_step()
-                if self.log_every and (self.step % self.log_every == 0 or self.step == self.steps):
-                    last = {k: float(D.all_mean(v) if isinstance(v, Tensor) else v) for k, v in logs.items()}
-                    last["steps_per_s"] = (self.step - start_step) / (time.perf_counter() - started)
-                    if log is not None:
-                        log.write(self.step, last)
-                    if bar is not None:
-                        bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k.startswith("loss/")})
-                if bar is not None:
+        """Train until ``steps``, resuming from the run directory's newest readable checkpoint if there is one.
+
+        Raises :class:`~dae_gen.errors.TrainingInterrupted` after a stop signal (a checkpoint at the finished
+        step is on disk), :class:`~dae_gen.errors.TrainingDiverged` after ``max_nonfinite_steps`` non-finite
+        steps in a row, :class:`~dae_gen.run_dir.RunLocked` when another process is using the run directory.
+        """
+        main = D.is_main_process()
+        with hold_run_dir(self.run_dir), StopSignals(self.stop_signals) as stop:
+            resumed = self.maybe_resume()
+            self._announce(resumed)
+            metrics_log = D.on_main(lambda: MetricsLog(self.run_dir, resume_step=self.step,
+                                                       tensorboard=self.tensorboard))  # None off rank 0
+            bar = tqdm(total=self.steps, initial=self.step, desc="train", dynamic_ncols=True,
+                       disable=not (self.progress and main))
+            started, start_step, last = time.perf_counter(), self.step, {}
+            try:
+                while self.step < self.steps:
+                    logs = self.train_step()
+                    if self.log_every and (self.step % self.log_every == 0 or self.step == self.steps):
+                        last = self._log_step(logs, metrics_log, bar, started, start_step)
                     bar.update(1)
-                if self.ckpt_every and self.step % self.ckpt_every == 0:
-                    self.save()
-                if self.sample_every and self.step % self.sample_every == 0:
-                    self._write_samples()
-                if self.eval_every and self.step % self.eval_every == 0:
-                    self._evaluate(log)
-        finally:
-            if bar is not None:
+                    self._stop_if_asked(stop)
+                    self._periodic_work(stop, metrics_log)
+                self._checkpoint_step()
+                if self.sample_every == 0 or self.step % self.sample_every:
+                    D.on_main(lambda: self._write_samples(stop))
+            finally:
                 bar.close()
-            if log is not None:
-                log.close()
-        if self.ckpt_every == 0 or self.step % self.ckpt_every:
-            self.save()
-        if self.sample_every == 0 or self.step % self.sample_every:
-            self._write_samples()
-        D.barrier()
+                if metrics_log is not None:
+                    metrics_log.close()
+            D.barrier()
+        self._summarise(last, time.perf_counter() - started, start_step)
         return {**last, "resumed": float(resumed), "step": float(self.step)}

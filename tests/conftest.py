@@ -1,4 +1,8 @@
+import hashlib
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,43 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "configs")
+
+
+def console_command(command: list[str], extra_env: dict | None = None) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that run a console script (``dae-gen-train`` ...) as a user would: the installed
+    script if there is one, with the user's environment (no HYDRA_FULL_ERROR, which this suite sets for in-process
+    Hydra calls)."""
+    script = Path(sys.executable).parent / command[0]
+    if script.is_file():
+        argv = [str(script), *command[1:]]
+    else:  # not installed as a script here: the module it points to
+        module = {"dae-gen-train": "train", "dae-gen-sample": "sample", "dae-gen-eval": "evaluate"}[command[0]]
+        argv = [sys.executable, "-m", f"dae_gen.cli.{module}", *command[1:]]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(extra_env or {})
+    return argv, env
+
+
+def run_command(command: list[str], *, cwd: Path, extra_env: dict | None = None,
+                timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a console script (``dae-gen-train`` ...) as a user would (see :func:`console_command`)."""
+    argv, env = console_command(command, extra_env)
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by relative path (a failed command must leave it unchanged)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+PROGRESS = re.compile(r"\d+%\||\x1b\[A|\?\w+/s\]|^\s*$")  # a tqdm bar's pieces, or an empty line
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without progress bars and Python warnings: what a failed command tells the user."""
+    lines = [line for line in stderr.splitlines() if not PROGRESS.search(line)]
+    return [line for line in lines if "Warning:" not in line and not line.startswith("  ")]
 
 
 @pytest.fixture

@@ -14,16 +14,20 @@ import pytest
 import torch
 from PIL import Image
 
-from dae_gen.data import images
-from dae_gen.data.base import DataError, ImageTensorData
+from dae_gen.data import celeba as celeba_module
+from dae_gen.data import files as data_files
+from dae_gen.data.base import DataError, ImageTensorData, MemmapImageData
+from dae_gen.data.celeba import celeba, preprocess_celeba
+from dae_gen.data.cifar10 import UnsafePickleError, cifar10
 from dae_gen.data.fakes import write_fake_celeba, write_fake_cifar10
+from dae_gen.data.fashion_mnist import FASHION_MNIST_PACKAGE, fashion_mnist, read_idx
 
 
 def _debian_file(name: str) -> Path:
-    files, why = images._dpkg_files(images.FASHION_MNIST_PACKAGE)
+    files, why = data_files.dpkg_files(FASHION_MNIST_PACKAGE)
     hits = [p for p in files if p.name == name]
     if not hits:
-        pytest.skip(f"Debian package {images.FASHION_MNIST_PACKAGE} not installed ({why or 'no ' + name})")
+        pytest.skip(f"Debian package {FASHION_MNIST_PACKAGE} not installed ({why or 'no ' + name})")
     return hits[0]
 
 
@@ -55,13 +59,13 @@ def test_torchvision_shim_gives_working_datasets_and_transforms():
 @pytest.fixture(scope="module")
 def fmnist_train():
     _debian_file("train-images-idx3-ubyte.gz")
-    return images.fashion_mnist(split="train")
+    return fashion_mnist(split="train")
 
 
 @pytest.fixture(scope="module")
 def fmnist_test():
     _debian_file("t10k-images-idx3-ubyte.gz")
-    return images.fashion_mnist(split="test")
+    return fashion_mnist(split="test")
 
 
 def test_fashion_mnist_sizes_and_balanced_classes(fmnist_train, fmnist_test):
@@ -91,7 +95,7 @@ def test_fashion_mnist_scaling(fmnist_test, scale, low, high):
 
 
 def test_fashion_mnist_padding_to_32(fmnist_test):
-    padded = images.fashion_mnist(split="test", image_size=32, scale="symmetric")
+    padded = fashion_mnist(split="test", image_size=32, scale="symmetric")
     assert padded.shape == (1, 32, 32) and len(padded) == 10000
     assert torch.equal(padded.images[:, :, 2:30, 2:30], fmnist_test.images)
     border = padded.images.clone()
@@ -113,7 +117,7 @@ def test_read_idx_exact_and_layouts(tmp_path):
     torchvision_layout = tmp_path / "tv"
     shutil.copytree(flat, torchvision_layout / "FashionMNIST" / "raw")
     for root in (flat, torchvision_layout):
-        data = images.fashion_mnist(root=root, split="test")
+        data = fashion_mnist(root=root, split="test")
         assert np.array_equal(data.images[:, 0].numpy(), pictures)
         assert data.labels.tolist() == list(range(7))
 
@@ -124,7 +128,7 @@ def test_truncated_idx_is_a_clear_error(tmp_path):
     bad = tmp_path / "t10k-images-idx3-ubyte.gz"
     bad.write_bytes(gzip.compress(real[:-100], compresslevel=1))
     with pytest.raises(DataError) as caught:
-        images.fashion_mnist(root=tmp_path, split="test")
+        fashion_mnist(root=tmp_path, split="test")
     message = str(caught.value)
     assert str(bad) in message and "truncated" in message
     assert "7840016" in message and "7839916" in message  # 16 + 10000·28·28 expected, 100 fewer found
@@ -134,19 +138,19 @@ def test_truncated_gzip_stream_is_a_clear_error(tmp_path):
     path = tmp_path / "t10k-labels-idx1-ubyte.gz"
     path.write_bytes(_debian_file("t10k-labels-idx1-ubyte.gz").read_bytes()[:-50])
     with pytest.raises(DataError, match="gzip stream is truncated"):
-        images.read_idx(path)
+        read_idx(path)
 
 
 def test_wrong_idx_image_size_is_a_clear_error(tmp_path):
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros((3, 27, 27), np.uint8)))
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(3, np.uint8)))
     with pytest.raises(DataError, match=r"expected images of shape \(N, 28, 28\), found \(3, 27, 27\)"):
-        images.fashion_mnist(root=tmp_path, split="test")
+        fashion_mnist(root=tmp_path, split="test")
 
 
 def test_missing_fashion_mnist_names_files_and_remedies(tmp_path):
     with pytest.raises(DataError) as caught:
-        images.fashion_mnist(root=tmp_path, split="train")
+        fashion_mnist(root=tmp_path, split="train")
     message = str(caught.value)
     for expected in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", str(tmp_path / "FashionMNIST" / "raw"),
                      "download=true", "apt-get install dataset-fashion-mnist"):
@@ -157,20 +161,20 @@ def test_no_dpkg_is_a_clear_error(monkeypatch):
     def no_dpkg(*args, **kwargs):
         raise FileNotFoundError(2, "No such file or directory", "dpkg")
 
-    monkeypatch.setattr(images.subprocess, "run", no_dpkg)
+    monkeypatch.setattr(data_files.subprocess, "run", no_dpkg)
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
-        images.fashion_mnist()
+        fashion_mnist()
 
 
 def test_bad_arguments_are_value_errors(tmp_path):
     with pytest.raises(ValueError, match="split"):
-        images.fashion_mnist(split="validation")
+        fashion_mnist(split="validation")
     with pytest.raises(ValueError, match="image_size"):
-        images.fashion_mnist(image_size=30)
+        fashion_mnist(image_size=30)
     with pytest.raises(ValueError, match="split"):
-        images.cifar10(root=tmp_path, split="val")
+        cifar10(root=tmp_path, split="val")
     with pytest.raises(ValueError, match="split"):
-        images.celeba(root=tmp_path, split="val")
+        celeba(root=tmp_path, split="val")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -186,11 +190,11 @@ def fake_cifar(tmp_path_factory):
 @pytest.mark.parametrize("split, n", [("train", 103), ("test", 17)])
 def test_fake_cifar10_reads_back_exactly(fake_cifar, split, n):
     root, written = fake_cifar
-    data = images.cifar10(root=root, split=split)
+    data = cifar10(root=root, split=split)
     assert data.images.shape == (n, 3, 32, 32)
     assert np.array_equal(data.images.numpy(), written[split][0])
     assert np.array_equal(data.labels.numpy(), written[split][1])
-    assert torch.equal(images.cifar10(root=root / "cifar-10-batches-py", split=split).images, data.images)
+    assert torch.equal(cifar10(root=root / "cifar-10-batches-py", split=split).images, data.images)
 
 
 def test_cifar10_rows_are_red_green_blue_planes(fake_cifar):
@@ -200,7 +204,7 @@ def test_cifar10_rows_are_red_green_blue_planes(fake_cifar):
     assert sorted(batch) == [b"batch_label", b"data", b"filenames", b"labels"]
     assert batch[b"batch_label"] == b"training batch 2 of 5"
     row = batch[b"data"][0]  # pixel (i, j) of channel c at c·1024 + 32·i + j
-    first = images.cifar10(root=root).images[21].numpy()  # batch 1 holds 21 of the 103 images
+    first = cifar10(root=root).images[21].numpy()  # batch 1 holds 21 of the 103 images
     for c, i, j in [(0, 0, 0), (1, 0, 0), (2, 31, 31), (0, 5, 17), (2, 17, 5)]:
         assert first[c, i, j] == row[c * 1024 + 32 * i + j]
 
@@ -212,7 +216,7 @@ def test_cifar10_matches_torchvision_reader(fake_cifar, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)  # fakes: other md5
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args: True)
     reference = torchvision.datasets.CIFAR10(str(root), train=True, download=False)  # (N, 32, 32, 3) HWC
-    ours = images.cifar10(root=root)
+    ours = cifar10(root=root)
     assert np.array_equal(ours.images.numpy().transpose(0, 2, 3, 1), reference.data)
     assert ours.labels.tolist() == reference.targets
     assert reference.classes[0] == "airplane"
@@ -235,8 +239,8 @@ def test_hostile_pickle_is_refused(tmp_path, payload):
     else:
         evil = type("Evil", (), {"__reduce__": lambda self: (eval, (f"open({str(marker)!r}, 'w')",))})()
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({b"data": evil}, protocol=4))
-    with pytest.raises(images.UnsafePickleError, match=f"refusing to unpickle the global .*{payload}"):
-        images.cifar10(root=tmp_path, split="test")
+    with pytest.raises(UnsafePickleError, match=f"refusing to unpickle the global .*{payload}"):
+        cifar10(root=tmp_path, split="test")
     assert not marker.exists()
 
 
@@ -245,19 +249,19 @@ def test_truncated_cifar_batch_is_a_clear_error(tmp_path):
     path = tmp_path / "cifar-10-batches-py" / "test_batch"
     path.write_bytes(path.read_bytes()[:-500])
     with pytest.raises(DataError, match="truncated or corrupt"):
-        images.cifar10(root=tmp_path, split="test")
+        cifar10(root=tmp_path, split="test")
 
 
 def test_missing_cifar10_names_files(tmp_path):
     (tmp_path / "cifar-10-batches-py").mkdir()
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
     with pytest.raises(DataError) as caught:
-        images.cifar10(root=tmp_path)
+        cifar10(root=tmp_path)
     message = str(caught.value)
     assert "data_batch_5" in message and str(tmp_path / "cifar-10-batches-py") in message
     assert "download=true" in message
     with pytest.raises(DataError, match="dataset.root is not set"):
-        images.cifar10(root=None)
+        cifar10(root=None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -275,7 +279,7 @@ def _centre_box_image(centre=(200, 30, 90), outside=(10, 180, 60)) -> Image.Imag
 @pytest.mark.parametrize("size", [64, 32])
 @pytest.mark.parametrize("resample", ["bilinear", "bicubic"])
 def test_celeba_crop_is_exactly_the_centre_140(size, resample):
-    out = images.preprocess_celeba(_centre_box_image(), image_size=size, resample=resample)
+    out = preprocess_celeba(_centre_box_image(), image_size=size, resample=resample)
     assert out.shape == (3, size, size) and out.dtype == np.uint8
     assert (out == np.array([200, 30, 90], np.uint8).reshape(3, 1, 1)).all()  # not one pixel of the outside
 
@@ -284,7 +288,7 @@ def test_celeba_orientation():
     pixels = np.zeros((218, 178, 3), np.uint8)
     pixels[:, :89, 0] = 255  # red on the left half of the crop window (x < 89 = 19 + 70)
     pixels[:109, :, 1] = 255  # green on its top half (y < 109 = 39 + 70)
-    out = images.preprocess_celeba(Image.fromarray(pixels), image_size=64).astype(int)
+    out = preprocess_celeba(Image.fromarray(pixels), image_size=64).astype(int)
     assert (out[0, :, :30] == 255).all() and (out[0, :, 34:] == 0).all()
     assert (out[1, :30, :] == 255).all() and (out[1, 34:, :] == 0).all()
     assert (out[2] == 0).all()
@@ -299,7 +303,7 @@ def test_celeba_preprocessing_equals_ncsn_torchvision_pipeline():
     for size in (64, 32):
         ncsn = transforms.Compose([transforms.CenterCrop(140), transforms.Resize(size)])  # NCSNv2 datasets/__init__
         expected = np.asarray(ncsn(image)).transpose(2, 0, 1)
-        assert np.array_equal(images.preprocess_celeba(image, image_size=size), expected)
+        assert np.array_equal(preprocess_celeba(image, image_size=size), expected)
 
 
 @pytest.fixture
@@ -317,9 +321,9 @@ def test_celeba_partition_sizes_and_attributes(fake_celeba):
     attribute_lines = (root / "celeba" / "list_attr_celeba.txt").read_text().splitlines()
     assert attribute_lines[0] == "20" and len(attribute_lines[1].split()) == 40
     for split, n in [*sizes.items(), ("all", 20)]:
-        data = images.celeba(root=root, split=split, image_size=32, cache=False)
+        data = celeba(root=root, split=split, image_size=32, cache=False)
         assert len(data) == n and data.shape == (3, 32, 32) and data.labels.shape == (n, 40)
-    test = images.celeba(root=root / "celeba", split="test", image_size=32, cache=False)
+    test = celeba(root=root / "celeba", split="test", image_size=32, cache=False)
     row = attribute_lines[2 + 18].split()  # 000019.jpg, the first test image
     assert row[0] == "000019.jpg"
     assert test.labels[0].tolist() == [int(v == "1") for v in row[1:]]
@@ -328,27 +332,27 @@ def test_celeba_partition_sizes_and_attributes(fake_celeba):
 def test_celeba_jpeg_geometry_end_to_end(fake_celeba):
     root, _ = fake_celeba
     _centre_box_image().save(root / "celeba" / "img_align_celeba" / "000001.jpg", quality=100, subsampling=0)
-    data = images.celeba(root=root, image_size=64, cache=False)
+    data = celeba(root=root, image_size=64, cache=False)
     first = data.images[0].int()
     assert (first - torch.tensor([200, 30, 90]).reshape(3, 1, 1)).abs().max() <= 4  # JPEG is lossy
     with Image.open(root / "celeba" / "img_align_celeba" / "000002.jpg") as image:
-        assert np.array_equal(data.images[1].numpy(), images.preprocess_celeba(image, image_size=64))
+        assert np.array_equal(data.images[1].numpy(), preprocess_celeba(image, image_size=64))
 
 
 def test_celeba_cache_is_reused_and_rebuilt_when_corrupt(fake_celeba, monkeypatch):
     root, _ = fake_celeba
-    first = images.celeba(root=root, split="train", image_size=32)
+    first = celeba(root=root, split="train", image_size=32)
     cache = root / "celeba" / "celeba_train_32_bilinear.npy"
     assert cache.is_file() and np.load(cache).shape == (16, 3, 32, 32)
     assert not list(cache.parent.glob("*.tmp*"))
 
-    decode = images._decode_celeba_file
+    decode = celeba_module._decode_celeba_file
 
     def refuse(*args):
         raise AssertionError("a cached load must not decode JPEGs")
 
-    monkeypatch.setattr(images, "_decode_celeba_file", refuse)
-    assert torch.equal(images.celeba(root=root, split="train", image_size=32).images, first.images)
+    monkeypatch.setattr(celeba_module, "_decode_celeba_file", refuse)
+    assert torch.equal(celeba(root=root, split="train", image_size=32).images, first.images)
 
     calls = []
 
@@ -356,22 +360,22 @@ def test_celeba_cache_is_reused_and_rebuilt_when_corrupt(fake_celeba, monkeypatc
         calls.append(args[0])
         return decode(*args)
 
-    monkeypatch.setattr(images, "_decode_celeba_file", counting)
+    monkeypatch.setattr(celeba_module, "_decode_celeba_file", counting)
     for corrupt in (b"not a numpy file", None):
         if corrupt is None:
             np.save(cache, np.zeros((15, 3, 32, 32), np.uint8))  # wrong shape: a stale cache
         else:
             cache.write_bytes(corrupt)
         calls.clear()
-        assert torch.equal(images.celeba(root=root, split="train", image_size=32).images, first.images)
+        assert torch.equal(celeba(root=root, split="train", image_size=32).images, first.images)
         assert len(calls) == 16
 
 
 def test_celeba_memmap_when_too_big(fake_celeba):
     root, _ = fake_celeba
-    held = images.celeba(root=root, split="train", image_size=32, hflip=True)
-    mapped = images.celeba(root=root, split="train", image_size=32, hflip=True, max_in_memory_bytes=0)
-    assert isinstance(mapped, images.MemmapImageData) and isinstance(mapped.images, np.memmap)
+    held = celeba(root=root, split="train", image_size=32, hflip=True)
+    mapped = celeba(root=root, split="train", image_size=32, hflip=True, max_in_memory_bytes=0)
+    assert isinstance(mapped, MemmapImageData) and isinstance(mapped.images, np.memmap)
     assert mapped.shape == held.shape and len(mapped) == len(held) and mapped.kind == "image"
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for _ in range(3):  # crosses an epoch boundary (16 images, batches of 7)
@@ -387,21 +391,21 @@ def test_celeba_empty_split_and_bad_files(fake_celeba):
     partition = root / "celeba" / "list_eval_partition.txt"
     partition.write_text(partition.read_text().replace(" 2\n", " 1\n"))
     with pytest.raises(DataError, match="split 'test' is empty"):
-        images.celeba(root=root, split="test", cache=False)
+        celeba(root=root, split="test", cache=False)
     Image.new("RGB", (100, 100)).save(root / "celeba" / "img_align_celeba" / "000003.jpg")
     with pytest.raises(DataError, match="178×218.*found 100×100"):
-        images.celeba(root=root, split="train", cache=False)
+        celeba(root=root, split="train", cache=False)
     with pytest.raises(DataError, match="178×218.*found 100×100"):
-        images.celeba(root=root, split="train")
+        celeba(root=root, split="train")
     assert not list((root / "celeba").glob("*.npy*"))  # no cache, no temporary left behind
     (root / "celeba" / "img_align_celeba" / "000003.jpg").unlink()
     with pytest.raises(DataError, match="1 of 16 images .* are missing.*000003.jpg"):
-        images.celeba(root=root, split="train", cache=False)
+        celeba(root=root, split="train", cache=False)
 
 
 def test_missing_celeba_names_files(tmp_path):
     with pytest.raises(DataError) as caught:
-        images.celeba(root=tmp_path)
+        celeba(root=tmp_path)
     message = str(caught.value)
     for expected in ("img_align_celeba", "list_eval_partition.txt", "list_attr_celeba.txt",
                      str(tmp_path / "celeba"), "download=true"):

@@ -328,7 +328,7 @@ def extractor():
 @pytest.fixture(scope="module")
 def fashion():
     from dae_gen.data.base import DataError
-    from dae_gen.data.images import fashion_mnist
+    from dae_gen.data.fashion_mnist import fashion_mnist
 
     try:
         return {split: fashion_mnist(split=split) for split in ("train", "test")}

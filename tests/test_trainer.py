@@ -1,16 +1,19 @@
-"""The one trainer: resume determinism, clipping, EMA, NaN handling, checkpoint safety."""
+"""The one trainer: resume determinism, clipping, EMA, skipped non-finite steps, checkpoint safety."""
 
 import json
 import math
+import os
 import pickle
+import signal
 from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
-from dae_gen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dae_gen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, step_checkpoints
 from dae_gen.data.toy import two_moons
+from dae_gen.errors import TrainingInterrupted
 from dae_gen.nets.mlp import ScoreMLP
 from dae_gen.noise import geometric_sigmas
 from dae_gen.objectives.base import Objective
@@ -91,9 +94,12 @@ def test_hostile_checkpoint_is_refused_without_running_code(tmp_path):
     with open(hostile, "wb") as f:  # a torch.save-style file whose pickle runs os.system on load
         torch.save({"format": "dae_gen.checkpoint/1", "step": 0, "model": {}, "ema": {}, "config": {},
                     "evil": payload}, f)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="never unpickled") as info:
         load_checkpoint(hostile)
     assert not marker.exists()
+    # torch's own message advises weights_only=False, which would run the payload: never passed on, nor chained
+    assert "weights_only" not in str(info.value) and info.value.__cause__ is None
+    assert info.value.__suppress_context__
     raw = tmp_path / "raw.pt"
     raw.write_bytes(pickle.dumps(payload))
     with pytest.raises(CheckpointError):
@@ -122,25 +128,88 @@ def test_ema_is_an_exponential_average_after_warmup():
     assert ema.module.weight.item() == pytest.approx(0.1 * 0.1 + 0.9)
 
 
-class _Exploding(Objective):
-    def __init__(self):
+class _Injected(Objective):
+    """A quadratic loss ``‖w ⊙ x‖²`` made NaN at chosen steps (one loss evaluation per step)."""
+
+    def __init__(self, nan_steps):
         super().__init__(data_shape=(2,))
-        self.w = torch.nn.Parameter(torch.ones(1))
-        self.calls = 0
+        self.w = torch.nn.Parameter(torch.ones(2))
+        self.nan_steps, self.calls = set(nan_steps), 0
         self.register_buffer("sigma_levels", torch.tensor([1.0]))
 
     def losses(self, phase, x):
         self.calls += 1
         value = (x * self.w).pow(2).sum(1)
-        return value * (float("nan") if self.calls > 7 else 1.0)
+        return value * (float("nan") if self.calls in self.nan_steps else 1.0)
 
 
-def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
-    trainer = make_trainer(tmp_path, steps=20, objective=_Exploding())
-    with pytest.raises(TrainingDiverged, match="non-finite loss.*step 7"):
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run_after_k_in_a_row(tmp_path):
+    trainer = make_trainer(tmp_path, steps=40, objective=_Injected({8, 9, 14, 15, 16, 17}), max_nonfinite_steps=4)
+    weights, ema, lrs = {}, {}, {}
+    for _ in range(13):
+        trainer.train_step()
+        weights[trainer.step] = trainer.objective.w.detach().clone()
+        ema[trainer.step] = trainer.ema.module.w.detach().clone()
+        lrs[trainer.step] = trainer.optimizers["model"].param_groups[0]["lr"]
+    for skipped in (8, 9):  # no optimiser step, no EMA update, no LR-schedule advance
+        assert torch.equal(weights[skipped], weights[skipped - 1]) and torch.equal(ema[skipped], ema[skipped - 1])
+        assert lrs[skipped] == lrs[skipped - 1]
+    assert not torch.equal(weights[10], weights[9]) and lrs[10] != lrs[9]
+    assert trainer.skipped_steps == 2 and trainer.nonfinite_streak == 0
+
+    run_dir = tmp_path / "run"
+    trainer = make_trainer(run_dir, steps=40, objective=_Injected({8, 9, 14, 15, 16, 17}), max_nonfinite_steps=4)
+    with pytest.raises(TrainingDiverged) as info:
         trainer.fit()
-    state = load_checkpoint(tmp_path)
-    assert state["step"] == 5 and torch.isfinite(state["model"]["w"]).all()
+    message = str(info.value)
+    newest = run_dir / "checkpoints" / "ckpt_00000010.pt"
+    assert message.startswith("4 steps in a row (14–17) had a non-finite loss or gradient (last: phase 'model', "
+                              "loss=nan, grad_norm=nan)")
+    assert f"The newest checkpoint is {newest} (step 10, largest |weight| " in message
+    assert "resumes from the newest checkpoint" in message and "\n" not in message
+    # step 15 was a checkpoint step inside the run of NaNs: not written (those weights had just given a NaN loss)
+    assert [s for s, _ in step_checkpoints(run_dir)] == [5, 10]
+    state = load_checkpoint(run_dir)
+    assert all(torch.isfinite(t).all() for t in [*state["model"].values(), *state["ema"].values()])
+    rows = {row["step"]: row for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    assert [rows[s]["skipped_steps"] for s in (7, 8, 9, 10, 13, 14, 17)] == [0, 1, 2, 2, 2, 3, 6]
+    assert math.isnan(rows[8]["loss/model"]) and sorted(rows) == list(range(1, 18))
+
+
+def test_divergence_before_the_first_checkpoint_says_that_none_exists(tmp_path):
+    trainer = make_trainer(tmp_path, steps=20, objective=_Injected(range(1, 100)), max_nonfinite_steps=3)
+    with pytest.raises(TrainingDiverged, match=r"3 steps in a row \(1–3\).*No checkpoint has been written yet\. "
+                                               r".*starts the run afresh"):
+        trainer.fit()
+    assert step_checkpoints(tmp_path) == []
+
+
+def test_exploded_weights_are_not_checkpointed(tmp_path):
+    """lr = 1e6: the first update makes |w| ≈ 1e6 with a finite loss, every later loss is inf. The checkpoint due
+    at step 5 falls inside the run of non-finite steps and is not written, so no exploded weights reach disk."""
+    torch.manual_seed(123)
+    objective = DenoisingScoreMatching(net=partial(ScoreMLP, hidden=32, depth=2), data_shape=(2,),
+                                       sigmas=geometric_sigmas(1.0, 0.05, 5))
+    trainer = Trainer(objective=objective, data=two_moons(), run_dir=tmp_path, steps=50, batch_size=16,
+                      optimizer=partial(torch.optim.Adam, lr=1e6), log_every=1, ckpt_every=5, sample_every=0,
+                      progress=False, tensorboard=False, max_nonfinite_steps=5)
+    with pytest.raises(TrainingDiverged, match=r"5 steps in a row \(2–6\).*No checkpoint has been written yet"):
+        trainer.fit()
+    assert max(p.abs().max().item() for p in trainer.objective.parameters()) > 1e5  # they did explode
+    assert step_checkpoints(tmp_path) == []
+
+
+def test_a_stop_signal_during_a_run_of_non_finite_steps_does_not_claim_a_checkpoint(tmp_path):
+    def evaluator(model, step):
+        if step == 8:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {}
+
+    trainer = make_trainer(tmp_path, steps=40, objective=_Injected({9, 10}), eval_every=1, evaluator=evaluator,
+                           max_nonfinite_steps=4)
+    with pytest.raises(TrainingInterrupted, match=r"stopped after step 9/40; no checkpoint at this step \(its loss "
+                                                  r"was not finite\)\. The newest checkpoint is .*ckpt_00000005\.pt"):
+        trainer.fit()
 
 
 @pytest.mark.parametrize("kwargs, match", [

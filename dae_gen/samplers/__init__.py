@@ -3,9 +3,11 @@
 Each algorithm is a function of a score callable and an initial state (``annealed_langevin``,
 ``temperature_annealed_langevin``, ``edm_sampler``, ``predictor_corrector``, ``probability_flow_ode``); each has a
 driver ``sample_*(model, n, *, generator, callback, **settings)`` that a sampler config names as its ``_target_``.
-``CountingModel`` counts the network calls (NFE) any driver makes.
+``CountingModel`` counts the network calls (NFE) any driver makes. Image tasks built on them (inpainting,
+interpolation, trajectory recording, Tweedie denoising per σ) are in ``dae_gen.samplers.tasks``.
 """
 
+from dae_gen.samplers import tasks
 from dae_gen.samplers.batches import draw_samples
 from dae_gen.samplers.edm import edm_sampler, sample_edm_stochastic, sample_heun
 from dae_gen.samplers.langevin import annealed_langevin, denoise_step, initial_state, sample_annealed_langevin
@@ -23,4 +25,4 @@ from dae_gen.samplers.temperature import (
 __all__ = ["CountingModel", "annealed_langevin", "denoise_step", "draw_samples", "edm_sampler", "initial_state",
            "predictor_corrector", "probability_flow_ode", "sample_annealed_langevin", "sample_edm_stochastic",
            "sample_generator", "sample_heun", "sample_predictor_corrector", "sample_probability_flow_ode",
-           "sample_temperature_langevin", "sigma_range", "temperature_annealed_langevin", "temperature_schedule"]
+           "sample_temperature_langevin", "sigma_range", "tasks", "temperature_annealed_langevin", "temperature_schedule"]

@@ -8,16 +8,24 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from dae_gen.errors import SamplingDiverged
 from dae_gen.score import Callback, ScoreModel, model_device
 
 
+def count_nonfinite(samples: Tensor) -> int:
+    """How many samples (rows) hold any NaN or ±inf."""
+    return int((~torch.isfinite(samples)).reshape(samples.shape[0], -1).any(dim=1).sum())
+
+
 def draw_samples(model: ScoreModel, sampler: Callable[..., Tensor], n: int, *, batch_size: int, seed: int = 0,
-                 progress: bool = False, callback: Callback = None, desc: str = "sample") -> Tensor:
+                 progress: bool = False, callback: Callback = None, desc: str = "sample",
+                 require_finite: bool = False) -> Tensor:
     """``n`` samples ``(n, *data_shape)`` on the CPU, in batches of ``batch_size``; batch k is seeded with ``seed + k``.
 
-    sampler:   a driver ``(model, n, *, generator=, callback=) -> Tensor`` (a sampler config instantiated as a partial).
-    progress:  two tqdm bars, images done and the sampler's steps within the current batch (fed by its callback).
-    callback:  also called with the sampler's per-step dict, plus ``batch`` (the batch index).
+    sampler:         a driver ``(model, n, *, generator=, callback=) -> Tensor`` (a sampler config as a partial).
+    progress:        two tqdm bars, images done and the sampler's steps within the current batch (fed by its callback).
+    callback:        also called with the sampler's per-step dict, plus ``batch`` (the batch index).
+    require_finite:  raise :class:`~dae_gen.errors.SamplingDiverged` with the count if any sample is NaN/inf.
     """
     from tqdm.auto import tqdm
 
@@ -41,4 +49,11 @@ def draw_samples(model: ScoreModel, sampler: Callable[..., Tensor], n: int, *, b
             generator = torch.Generator(device=device).manual_seed(seed + k)
             out.append(sampler(model, size, generator=generator, callback=on_step).detach().cpu())
             images_bar.update(size)
-    return torch.cat(out)
+    samples = torch.cat(out)
+    if require_finite and (bad := count_nonfinite(samples)):
+        raise SamplingDiverged(f"{bad} of {n} samples are not finite (NaN or inf): the sampler diverged. Lower "
+                               "its step size (sampler.step_lr / sampler.step_size) or check the model")
+    return samples
+
+
+__all__ = ["count_nonfinite", "draw_samples"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -15,15 +17,17 @@ def denoise_step(score: Score, x: Tensor, sigma: float | Tensor) -> Tensor:
     return x + sigma**2 * score(x, sigma_batch(sigma, x))
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no graph, no version counters: only the score may need grad (it enables it itself)
 def annealed_langevin(score: Score, x: Tensor, sigmas: Tensor, *, n_steps_each: int, step_lr: float,
                       denoise: bool = True, generator: torch.Generator | None = None,
-                      callback: Callback = None) -> Tensor:
+                      callback: Callback = None, noise: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Annealed Langevin dynamics, NCSN Algorithm 1.
 
     At level i, ``α_i = step_lr · σ_i² / σ_L²`` and ``n_steps_each`` times ``x ← x + ½α_i s(x, σ_i) + √α_i ξ``;
     then, with ``denoise``, one Tweedie step ``x ← x + σ_L² s(x, σ_L)``.
     x: the initial state ``(B, ...)``; sigmas: ``(L,)`` strictly decreasing.
+    noise: ``x -> ξ``, each step's standard normal draw (default ``torch.randn`` from ``generator``); NCSNv2's
+           interpolation passes noise shared across chains (``dae_gen.samplers.tasks.interpolation_noise``).
     """
     sigmas = validate_sigmas(sigmas).to(x.device)
     if int(n_steps_each) < 1:
@@ -38,8 +42,9 @@ def annealed_langevin(score: Score, x: Tensor, sigmas: Tensor, *, n_steps_each: 
         sigma_b = sigma_batch(sigma, x)
         for _ in range(n_steps_each):
             grad = score(x, sigma_b)
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + 0.5 * alpha * grad + alpha.sqrt() * noise
+            xi = noise(x) if noise is not None else torch.randn(x.shape, generator=generator, device=x.device,
+                                                                 dtype=x.dtype)
+            x = x + 0.5 * alpha * grad + alpha.sqrt() * xi
             i += 1
             if callback is not None:
                 # tensors, not floats: a host sync per step would stall a GPU chain

@@ -11,6 +11,7 @@ denoises (Tweedie at σ₀).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -37,16 +38,18 @@ def temperature_schedule(*, n_steps_hot: int = 500, temp_hot: float = 100.0, n_s
     return torch.cat([hot, anneal, cool])
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no graph, no version counters: only the score may need grad (it enables it itself)
 def temperature_annealed_langevin(score: Score, x: Tensor, *, sigma0: float, n_steps_hot: int = 500,
                                   temp_hot: float = 100.0, n_steps_anneal: int = 2000, n_steps_cool: int = 200,
                                   step_size: float = 0.02, denoise: bool = True,
-                                  generator: torch.Generator | None = None, callback: Callback = None) -> Tensor:
+                                  generator: torch.Generator | None = None, callback: Callback = None,
+                                  noise: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Temperature-annealed Langevin on ``E`` with ``∇E(x) = −score(x, σ₀)``; x: initial state ``(B, ...)``.
 
     sigma0:     reference scale σ₀ at which the score is read (and the final denoising jump is made).
     step_size:  ε; each step ``x ← x − ½ε²∇E(x) + √T·ε·ξ`` (0.02 in the paper).
     denoise:    finish with ``x ← x − σ₀²∇E(x)``.
+    noise:      ``x -> ξ``, each step's standard normal draw (default ``torch.randn`` from ``generator``).
     """
     if not step_size > 0:
         raise ValueError(f"step_size must be positive, got {step_size}")
@@ -59,8 +62,9 @@ def temperature_annealed_langevin(score: Score, x: Tensor, *, sigma0: float, n_s
     sigma_b = torch.full((x.shape[0],), float(sigma0), dtype=x.dtype, device=x.device)
     for i, temp in enumerate(temps):
         grad_energy = -score(x, sigma_b)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = x - 0.5 * step_size**2 * grad_energy + math.sqrt(temp) * step_size * noise
+        xi = noise(x) if noise is not None else torch.randn(x.shape, generator=generator, device=x.device,
+                                                             dtype=x.dtype)
+        x = x - 0.5 * step_size**2 * grad_energy + math.sqrt(temp) * step_size * xi
         if callback is not None:
             # tensors, not floats: a host sync per step would stall a GPU chain
             callback({"i": i + 1, "n": len(temps), "x": x, "temperature": temp, "grad": grad_energy})

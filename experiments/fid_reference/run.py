@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dae_gen.data.images import fashion_mnist
+from dae_gen.data.fashion_mnist import fashion_mnist
 from dae_gen.metrics.fid import feature_stats, frechet_distance, kid
 from dae_gen.metrics.inception import InceptionFeatures
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from dae_gen.data.cifar10 import cifar10
 from dae_gen.data.fakes import write_fake_cifar10
-from dae_gen.data.images import cifar10, fashion_mnist
+from dae_gen.data.fashion_mnist import fashion_mnist
 from dae_gen.nets.unet import ScoreUNet
 from dae_gen.noise import geometric_sigmas
 from dae_gen.objectives.dsm import DenoisingScoreMatching
