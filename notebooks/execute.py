@@ -18,12 +18,12 @@ public API, or when its code cells were not all executed in order without errors
 
 **The public API**, as fingerprinted: every module of the ``dae_gen`` package except ``dae_gen.cli`` (the command
 lines' internals) and private modules (a name part starting with ``_``). A module's public names are its ``__all__``
-when it has one, else the functions and classes it defines whose names do not start with ``_``. Each name is
-described by what a caller relies on, never by its body or docstring:
+(less dunder metadata such as ``__version__``) when it has one, else the functions and classes it defines whose
+names do not start with ``_``. Each name is described by what a caller relies on, never by its body or docstring:
 
 - a function: its signature (parameter names, kinds, defaults, annotations);
-- a class: its bases, its constructor's signature, and each public method (signature), property and class
-  attribute it or a dae_gen base class defines, with the fields it annotates;
+- a class: its bases, its constructor's signature (when a dae_gen class defines one), and each public method
+  (signature), property and class attribute it or a dae_gen base class defines, with the fields it annotates;
 - a constant: its value when it is a plain literal (numbers, strings, tuples of them), else its type;
 - the sampler configs that ship in ``dae_gen.configs`` (``sampler=NAME``, ``Run.sample(sampler=NAME)``), by their
   settings: they are the defaults a notebook asks for by name.
@@ -76,7 +76,7 @@ def public_modules(package: str = PACKAGE) -> list[str]:
 def public_names(module: types.ModuleType) -> list[str]:
     """``__all__``, or the public functions and classes the module defines itself."""
     if hasattr(module, "__all__"):
-        return sorted(module.__all__)
+        return sorted(name for name in module.__all__ if not name.startswith("__"))  # not __version__: metadata
     return sorted(name for name, obj in vars(module).items()
                   if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
                   and getattr(obj, "__module__", None) == module.__name__)
@@ -147,8 +147,10 @@ def _class(cls: type, package: str) -> str:
         constructor = ""  # a protocol is not constructed; its generated __init__ differs across Python versions
     elif issubclass(cls, tuple) and hasattr(cls, "_fields"):
         constructor = f"({', '.join(cls._fields)})"  # a NamedTuple: its fields (annotated below)
-    else:
+    elif any("__init__" in vars(k) or "__new__" in vars(k) for k in own):
         constructor = _signature(cls)
+    else:  # inherited from outside the package (an exception's, object's): its text varies across Python versions
+        constructor = "(inherited)"
     body = "; ".join(f"{k}{v if v.startswith('(') else ' ' + v}" for k, v in sorted(members.items()))
     return f"class({bases}){constructor} {{{body}}}"
 
