@@ -105,13 +105,14 @@ def bf16_support(device_type: str) -> tuple[bool, str]:
     return True, f"the CPU has {instructions}"
 
 
-def resolve_amp(amp: str, device: torch.device | str, *, warn: bool = True) -> str:
+def resolve_amp(amp: str, device: torch.device | str, *, warn: bool = True, where: str = "amp") -> str:
     """The precision that runs for the requested ``amp`` on ``device``: ``"bf16"`` or ``"none"`` (fp32).
 
     ``bf16`` on a device without native bf16 (see the module docstring) gives ``"none"``, with one warning per
-    process and device kind (``warn=False``: none, e.g. off rank 0).
+    process and device kind (``warn=False``: none, e.g. off rank 0). A value other than ``none``/``bf16`` is a
+    ConfigError naming ``where``.
     """
-    amp = check_amp(amp)
+    amp = check_amp(amp, where=where)
     if amp == "none":
         return "none"
     kind = torch.device(device).type

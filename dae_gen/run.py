@@ -138,7 +138,8 @@ class Run:
         """``n`` samples ``(n, *data_shape)`` on the CPU in the model's range; batch k is seeded with ``seed + k``.
 
         sampler:    ``None`` (the run's own), a sampler config name (``"temperature_langevin"``), or settings.
-        overrides:  single sampler settings, e.g. ``n_steps_each=5``.
+        overrides:  single sampler settings, e.g. ``n_steps_each=5``, or ``amp="bf16"`` (the network calls in bf16
+                    where the device computes in bf16; ``dae_gen.precision``).
         """
         driver, _ = self.sampler(sampler, **overrides)
         return draw_samples(self.model, driver, n, batch_size=batch_size, seed=seed, progress=progress,

@@ -18,7 +18,7 @@ from dae_gen import precision as P
 from dae_gen.checkpoint import load_checkpoint
 from dae_gen.data.digits import digits
 from dae_gen.errors import ConfigError
-from dae_gen.nets.conv import ScalarConvNet
+from dae_gen.nets.conv import ScalarConvNet, group_norm
 from dae_gen.nets.energy import ResNetEnergy
 from dae_gen.nets.unet import ScoreUNet
 from dae_gen.noise import LogNormalSigma, geometric_sigmas
@@ -182,6 +182,20 @@ def test_bf16_scores_match_fp32_at_the_samplers_noise_levels(trained, name):
     model.train()
 
 
+def test_group_norm_normalises_in_fp32_under_autocast_and_is_plain_groupnorm_without():
+    torch.manual_seed(0)
+    norm = group_norm(16)
+    reference = torch.nn.GroupNorm(norm.num_groups, 16)
+    reference.load_state_dict(norm.state_dict())  # the same parameters and state-dict keys
+    x = torch.randn(4, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(norm(x), reference(x))
+    xb = x.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(xb)
+    assert out.dtype == torch.bfloat16  # handed back in the input's dtype: the next conv needs no cast
+    assert torch.equal(out, reference(xb.float()).bfloat16())  # statistics and normalisation in fp32
+
+
 # -- the trainer -----------------------------------------------------------------------------------------------
 def _trainer(run_dir, *, steps, amp, ckpt_every=2):
     torch.manual_seed(0)
@@ -226,6 +240,15 @@ def test_the_trainer_falls_back_to_fp32_with_one_warning(monkeypatch, tmp_path, 
     reference.fit()
     for a, b in zip(trainers[1].objective.parameters(), reference.objective.parameters()):
         assert torch.equal(a, b)  # exactly the fp32 run
+
+
+def test_a_bad_trainer_amp_fails_before_anything_is_written(compose_train, tmp_path):
+    from dae_gen.cli.train import train
+
+    cfg = compose_train("experiment=ncsn_toy", "trainer.steps=2", "trainer.amp=fp16")
+    with pytest.raises(ConfigError, match=r"trainer\.amp must be one of \['none', 'bf16'\].*got 'fp16'"):
+        train(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 # -- the sampler setting -----------------------------------------------------------------------------------------

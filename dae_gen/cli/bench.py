@@ -296,7 +296,8 @@ def bench(cfg: DictConfig, out_dir: str | Path, *, command_line: str = "", prese
         settings = [Setting(label, variant, overrides, data=data, device=device, scratch=scratch)
                     for label, variant, overrides in variant_configs(cfg)]
         first = settings[0]
-        workload = (B.training_workload(first.model, batch_size=first.trainer.batch_size, device=device)
+        workload = (B.training_workload(first.model, batch_size=first.trainer.batch_size, device=device,
+                                        amp=first.trainer.amp)
                     if cfg.bench.train else
                     B.sampler_workload(first.sampler, first.model, batch=first.sample_batch))
         choice = set_threads(cfg.get("threads"), workload=workload, device=device)
