@@ -323,5 +323,6 @@ def test_bench_compares_sampler_precisions(tmp_path):
     ratio = record["ratios"]["sampler.amp=bf16"]
     assert ratio["sampler_step"] == pytest.approx(first["sampler"]["step_s"] / second["sampler"]["step_s"])
     assert "speed-up of sampler.amp=bf16 over sampler.amp=none" in done.stdout
+    assert f"fp32 / {'bf16' if CPU_BF16 else 'fp32'}" in done.stdout  # the table's precision row
     assert np.isfinite(ratio["sampler_step_cpu"])
     assert any("ran in fp32" in note for note in record["notes"]) == (not CPU_BF16)

@@ -255,6 +255,9 @@ def table(record: dict) -> str:
     def row(name: str, cells: list[str]) -> None:
         lines.append(f"{name:34}" + "".join(f"{c:>{width}}" for c in cells))
 
+    precision = {"none": "fp32", "bf16": "bf16"}
+    row("precision: train / sampler", [f"{precision[s['effective']['amp']]} / "
+                                       f"{precision[s['effective']['sampler_amp']]}" for s in settings])
     if all("train" in s for s in settings):
         t0 = settings[0]["train"]
         row(f"train step (batch {t0['batch_size']})", [hs(s["train"]["step_s"]) for s in settings])

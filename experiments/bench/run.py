@@ -43,6 +43,23 @@ COMPARISONS = {
                                   "values=[false,true]", "bench.sample=false"],
     "compile_ncsn_fmnist_cpu": ["experiment=ncsn_fmnist_cpu", "compare=trainer.compile", "values=[false,true]",
                                 "threads=1"],
+    # bf16 autocast (dae_gen.precision), one thread: the trainer's precision and the sampler's, each on its own
+    "amp_train_mdsm_fmnist": ["experiment=mdsm_fmnist", "compare=trainer.amp", "values=[none,bf16]",
+                              "bench.sample=false", "threads=1", "bench.rounds=5"],
+    "amp_sampler_mdsm_fmnist": ["experiment=mdsm_fmnist", "compare=sampler.amp", "values=[none,bf16]",
+                                "bench.train=false", "bench.sample_batch=64", "threads=1", "bench.rounds=5"],
+    "amp_train_mdsm_digits": ["experiment=mdsm_digits", "compare=trainer.amp", "values=[none,bf16]",
+                              "bench.sample=false", "threads=1", "bench.rounds=7"],
+    "amp_sampler_mdsm_digits": ["experiment=mdsm_digits", "compare=sampler.amp", "values=[none,bf16]",
+                                "bench.train=false", "threads=1", "bench.rounds=7"],
+    "amp_train_main_job": ["compare=trainer.amp", "values=[none,bf16]", "bench.sample=false", "threads=1",
+                           "bench.rounds=7"],
+    "amp_sampler_main_job": ["compare=sampler.amp", "values=[none,bf16]", "bench.train=false", "threads=1",
+                             "bench.rounds=7"],
+    "amp_train_edm_fmnist_cpu": ["experiment=edm_fmnist_cpu", "compare=trainer.amp", "values=[none,bf16]",
+                                 "bench.sample=false", "threads=1", "bench.rounds=7"],
+    "amp_sampler_edm_fmnist_cpu": ["experiment=edm_fmnist_cpu", "compare=sampler.amp", "values=[none,bf16]",
+                                   "bench.train=false", "threads=1", "bench.rounds=7"],
 }
 
 
