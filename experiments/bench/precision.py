@@ -4,6 +4,7 @@
     python experiments/bench/precision.py --only mdsm_fmnist main_job
     python experiments/bench/precision.py --only main_job --run outputs/my_run   # trained weights of a run
     python experiments/bench/precision.py --table                  # the README's table from the record
+    python experiments/bench/precision.py --heldout RUN_FP32 RUN_BF16  # held-out loss (fp32) of two trained runs
 
 For each case the preset's objective is built exactly as ``dae-gen-train`` builds it (same config), with the
 weights of ``--run`` or fresh seeded ones, and one fixed batch of its data (fake images in the data's range where
@@ -154,6 +155,26 @@ def table(records: dict) -> str:
     return "\n".join(rows)
 
 
+def heldout_loss(run: str, *, n_batches: int, batch: int, seed: int) -> dict:
+    """The run's training loss on its data's test split (fixed batches and noise), in fp32, with its raw and EMA
+    weights: how well a model trained in one precision fits held-out data, whatever precision it was trained in."""
+    out = {}
+    for use_ema in (False, True):
+        loaded = load_run(run, use_ema=use_ema)
+        config = dict(loaded.config.dataset)
+        if "split" in config:
+            config["split"] = "test"
+        data = instantiate(config)
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            losses = [loaded.model.losses(phase, data.batch(batch, generator=generator)).mean().item()
+                      for _ in range(n_batches) for phase, _ in loaded.model.phases]
+        out["ema" if use_ema else "raw"] = sum(losses) / len(losses)
+    return {"run": run, "step": loaded.step, "train_amp": str(loaded.config.trainer.amp), "heldout_loss": out,
+            "n_examples": n_batches * batch}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=None, help=f"cases among {list(CASES)}")
@@ -163,9 +184,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RECORD)
     parser.add_argument("--table", action="store_true", help="print the README table from --out")
+    parser.add_argument("--heldout", nargs="*", default=None,
+                        help="runs: their loss on held-out data in fp32 (e.g. one trained in fp32, one in bf16)")
     args = parser.parse_args()
     if args.table:
         print(table(json.loads(args.out.read_text())))
+        return
+    if args.heldout:
+        for run in args.heldout:
+            print(json.dumps(heldout_loss(run, n_batches=20, batch=128, seed=args.seed)), flush=True)
         return
     supported, why = bf16_support("cpu")
     if not supported:
