@@ -8,7 +8,8 @@ Estimators", §3) gives ``f(x) = log p_σ(x) + const``. Two ways to remove the c
   ``q = N(0, (1 + σ²) I)`` (the law of standardised data smoothed by σ), estimated by log-mean-exp.
 
 ``GaussianMixture`` has an exact sampler, log-density and score, and stays a mixture when smoothed by
-``N(0, σ² I)`` (σ² adds to every component variance), so ``log p_σ`` and ``∇ log p_σ`` are exact too.
+``N(0, σ² I)`` (σ² adds to every component variance), so ``log p_σ`` and ``∇ log p_σ`` are exact too;
+``MixtureScoreModel`` is that exact noise-conditional score as a model every sampler accepts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 LogDensity = Callable[[Tensor], Tensor]
 
@@ -91,6 +92,42 @@ class GaussianMixture:
         if not sigma >= 0:
             raise ValueError(f"sigma must be non-negative, got {sigma}")
         return GaussianMixture(self.means, (self.stds.pow(2) + float(sigma) ** 2).sqrt(), self.weights)
+
+
+class MixtureScoreModel(nn.Module):
+    """The exact score model of a Gaussian mixture: ``score(x, σ) = ∇log p_σ(x)``, ``p_σ = p ∗ N(0, σ²I)``.
+
+    It satisfies the score protocol (``dae_gen.score.ScoreModel``), so every sampler and task runs on it: what a
+    sampler achieves with a perfect score, next to what it achieves with a trained one.
+    mixture:  the data law ``p``.
+    sigmas:   the schedule σ_1 > … > σ_L that samplers read as the model's levels (any σ > 0 can be asked for).
+    """
+
+    def __init__(self, mixture: GaussianMixture, *, sigmas: float | Sequence[float] | Tensor):
+        super().__init__()
+        from dae_gen.noise import as_sigma_schedule
+
+        self.mixture = mixture
+        self.data_shape = (mixture.dim,)
+        self.register_buffer("sigma_levels", as_sigma_schedule(sigmas))
+
+    @property
+    def sigmas(self) -> Tensor:
+        return self.sigma_levels
+
+    @property
+    def reference_sigma(self) -> float:
+        return float(self.sigma_levels[-1])
+
+    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """``Σ_k r_k(x)(μ_k − x)/(s_k² + σ²)`` with each example's own σ (x ``(B, D)``, σ ``(B,)``), in float64."""
+        x64 = x.to(torch.float64)
+        means, stds, weights = (t.to(x.device) for t in (self.mixture.means, self.mixture.stds, self.mixture.weights))
+        var = stds.pow(2)[None] + torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1, 1) ** 2
+        diff = means[None] - x64[:, None, :]                                           # (B, K, D)
+        log_comp = weights.log() - 0.5 * (var.log() + math.log(2 * math.pi) + diff.pow(2) / var).sum(-1)  # (B, K)
+        resp = torch.softmax(log_comp, dim=1)
+        return (resp[:, :, None] * diff / var).sum(1).to(x.dtype)
 
 
 # -- grid normalisation (2-D) ----------------------------------------------------------------------
@@ -195,3 +232,7 @@ def importance_log_likelihood(log_density_fn: LogDensity, x: Tensor, *, sigma: f
     ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
     values = torch.cat([log_density_fn(chunk).double() for chunk in x.split(int(batch))])
     return ImportanceEstimate(values - log_z, float(log_z), float(ess))
+
+
+__all__ = ["GaussianMixture", "GridDensity", "ImportanceEstimate", "LogDensity", "MixtureScoreModel", "grid_kl",
+           "grid_log_density", "grid_points", "importance_log_likelihood"]

@@ -13,13 +13,12 @@ import torch
 from torch import Tensor
 
 
-def _pyplot():
-    import matplotlib
+def _figure(*, figsize: tuple[float, float], dpi: int = 100):
+    """A matplotlib Figure outside pyplot: drawing files never selects a backend, so a notebook's inline figures and a
+    headless CLI are both left as they are."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize, dpi=dpi)
 
 
 def image_grid(images01: Tensor, *, nrow: int | None = None, padding: int = 1) -> np.ndarray:
@@ -53,8 +52,8 @@ def save_image_grid(images01: Tensor, path: str | Path, *, nrow: int | None = No
 def save_scatter(points: Tensor, path: str | Path, *, reference: Tensor | None = None,
                  bounds: tuple[float, float] | None = None, title: str | None = None) -> Path:
     """Scatter plot of 2-D samples over (lightly drawn) reference data, with a legend and an optional title."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig = _figure(figsize=(4, 4))
+    ax = fig.subplots()
     if reference is not None:
         ref = reference.detach().cpu().numpy()
         ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.75", label=f"data ({len(ref)})")
@@ -71,7 +70,6 @@ def save_scatter(points: Tensor, path: str | Path, *, reference: Tensor | None =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -121,44 +119,85 @@ def save_trajectory_strip(frames: Sequence[Tensor], path: str | Path, *, to_unit
     return save_image_grid(stacked.reshape(b * t, *stacked.shape[2:]), path, nrow=t, scale=scale)
 
 
-def plot_score_field(score: Callable[[Tensor, Tensor], Tensor], sigma: float, path: str | Path, *,
-                     bounds: tuple[float, float] = (-3, 3), n_grid: int = 20,
-                     device: torch.device | str = "cpu") -> Path:
-    """Quiver plot of a 2-D score field at noise level ``sigma`` (evaluated on ``device``)."""
-    plt = _pyplot()
+def score_field(score: Callable[[Tensor, Tensor], Tensor], sigma: float, *, bounds: tuple[float, float] = (-3, 3),
+                n_grid: int = 20, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """A 2-D score ``score(x, σ)`` on an ``n_grid × n_grid`` grid of points over ``bounds``: ``(points, vectors)``, both
+    ``(n_grid², 2)`` on the CPU (points row by row, x fastest)."""
     axis = torch.linspace(bounds[0], bounds[1], n_grid, device=device)
     xx, yy = torch.meshgrid(axis, axis, indexing="xy")
     grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
-    with torch.enable_grad():
-        field = score(grid, torch.full((grid.shape[0],), float(sigma), device=device)).detach().cpu()
-    grid = grid.cpu()
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    ax.quiver(grid[:, 0], grid[:, 1], field[:, 0], field[:, 1], angles="xy")
+    with torch.enable_grad():  # energy and DDE scores are input gradients
+        field = score(grid, torch.full((grid.shape[0],), float(sigma), device=device))
+    return grid.cpu(), field.detach().cpu().to(grid.dtype)
+
+
+def draw_score_field(ax, score: Callable[[Tensor, Tensor], Tensor], sigma: float, *,
+                     bounds: tuple[float, float] = (-3, 3), n_grid: int = 20, normalise: bool = True,
+                     device: torch.device | str = "cpu", **quiver):
+    """Arrows of a 2-D score field at noise level ``sigma`` on a matplotlib axes; returns the quiver.
+
+    normalise:  arrows of equal length showing the direction only (a score's size spans orders of magnitude
+                between the modes and the far field); False draws ``∇log p_σ`` to scale.
+    quiver:     passed to ``ax.quiver`` (``color``, ``width``, ...).
+    """
+    points, field = score_field(score, sigma, bounds=bounds, n_grid=n_grid, device=device)
+    if normalise:
+        field = field / field.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    arrows = ax.quiver(points[:, 0].numpy(), points[:, 1].numpy(), field[:, 0].numpy(), field[:, 1].numpy(),
+                       angles="xy", **({"pivot": "mid"} | quiver))
+    ax.set_xlim(*bounds)
+    ax.set_ylim(*bounds)
     ax.set_aspect("equal")
+    return arrows
+
+
+def plot_score_field(score: Callable[[Tensor, Tensor], Tensor], sigma: float, path: str | Path, *,
+                     bounds: tuple[float, float] = (-3, 3), n_grid: int = 20,
+                     device: torch.device | str = "cpu") -> Path:
+    """Quiver plot of a 2-D score field at noise level ``sigma`` (evaluated on ``device``), to scale."""
+    fig = _figure(figsize=(4, 4))
+    ax = fig.subplots()
+    draw_score_field(ax, score, sigma, bounds=bounds, n_grid=n_grid, normalise=False, device=device, pivot="tail")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
     ax.set_title(f"score at sigma={sigma:g}")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
-def plot_training_curves(run_dir: str | Path, path: str | Path | None = None, *, prefix: str = "loss/") -> Path:
-    """Plot every ``loss/*`` series of a run's ``metrics.jsonl``."""
-    plt = _pyplot()
+def training_curves_figure(run_dir: str | Path, *, prefix: str = "loss/", eval_prefix: str = "eval/",
+                           title: str | None = None):
+    """A matplotlib Figure of a run's ``metrics.jsonl``: every ``loss/*`` series against the step (log scale) and,
+    when the run logged evaluations (``eval/fid``, ``eval/kid``, ...), a second panel with those."""
     run_dir = Path(run_dir)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    keys = sorted({k for row in rows for k in row if k.startswith(prefix)})
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
-    for key in keys:
-        pts = [(row["step"], row[key]) for row in rows if key in row]
-        ax.plot(*zip(*pts), label=key)
-    ax.set_xlabel("step")
-    ax.set_yscale("log")
-    ax.legend()
+    panels = [(prefix, "loss", True)]
+    if eval_prefix and any(key.startswith(eval_prefix) for row in rows for key in row):
+        panels.append((eval_prefix, "evaluation", False))
+    fig = _figure(figsize=(5 * len(panels), 3))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (start, label, log_scale) in zip(axes, panels):
+        for key in sorted({k for row in rows for k in row if k.startswith(start)}):
+            points = [(row["step"], row[key]) for row in rows if key in row]
+            ax.plot(*zip(*points), label=key, marker="o" if len(points) < 20 else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        if log_scale:
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.suptitle(title or f"training curves of {run_dir.name}", fontsize=10)
     fig.tight_layout()
-    path = Path(path or run_dir / "curves.png")
+    return fig
+
+
+def plot_training_curves(run_dir: str | Path, path: str | Path | None = None, *, prefix: str = "loss/",
+                         eval_prefix: str = "eval/") -> Path:
+    """Plot every ``loss/*`` series of a run's ``metrics.jsonl`` (and its ``eval/*`` metrics, when logged) to
+    ``path`` (default ``<run>/curves.png``)."""
+    fig = training_curves_figure(run_dir, prefix=prefix, eval_prefix=eval_prefix)
+    path = Path(path or Path(run_dir) / "curves.png")
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -169,15 +208,22 @@ def save_image_rows(rows: Tensor, path: str | Path, *, to_unit: Callable[[Tensor
     return save_image_grid(to_unit(rows.detach().cpu()).reshape(r * k, *rows.shape[2:]), path, nrow=k, scale=scale)
 
 
-def save_inpainting_rows(images: Tensor, mask: Tensor, samples: Tensor, path: str | Path, *,
-                         to_unit: Callable[[Tensor], Tensor], scale: int = 1, fill: float = 0.5) -> Path:
-    """One row per image: the masked input (missing pixels grey, ``fill`` in [0, 1]) | its completions | the original.
+def inpainting_rows(images: Tensor, mask: Tensor, samples: Tensor, *, to_unit: Callable[[Tensor], Tensor],
+                    fill: float = 0.5) -> Tensor:
+    """One row per image, in [0, 1]: the masked input (missing pixels at ``fill``) | its completions | the original.
 
     images: ``(N, C, H, W)``; mask: True where known, broadcastable to ``images``; samples: ``(N, K, C, H, W)``.
+    Returns ``(N, K + 2, C, H, W)``.
     """
     images01, samples01 = to_unit(images.detach().cpu()), to_unit(samples.detach().cpu())
     masked = torch.where(torch.as_tensor(mask, dtype=torch.bool).cpu(), images01, torch.full_like(images01, fill))
-    rows = torch.cat([masked.unsqueeze(1), samples01, images01.unsqueeze(1)], dim=1)  # (N, K + 2, C, H, W)
+    return torch.cat([masked.unsqueeze(1), samples01, images01.unsqueeze(1)], dim=1)
+
+
+def save_inpainting_rows(images: Tensor, mask: Tensor, samples: Tensor, path: str | Path, *,
+                         to_unit: Callable[[Tensor], Tensor], scale: int = 1, fill: float = 0.5) -> Path:
+    """``inpainting_rows`` as a PNG grid: masked input | completions | original, one row per image."""
+    rows = inpainting_rows(images, mask, samples, to_unit=to_unit, fill=fill)
     return save_image_rows(rows, path, to_unit=lambda x: x, scale=scale)
 
 

@@ -9,7 +9,7 @@ import dae_gen
 from dae_gen import ConfigError, load_run
 from dae_gen.score import ScoreModel
 
-SUBPACKAGES = ["dae_gen", "dae_gen.data", "dae_gen.nets", "dae_gen.objectives", "dae_gen.samplers",
+SUBPACKAGES = ["dae_gen", "dae_gen.data", "dae_gen.nets", "dae_gen.objectives", "dae_gen.samplers", "dae_gen.density",
                "dae_gen.metrics", "dae_gen.score", "dae_gen.run", "dae_gen.errors"]
 FAST = ["trainer.steps=4", "trainer.log_every=2", "trainer.ckpt_every=2", "trainer.sample_every=0",
         "trainer.batch_size=8", "trainer.progress=false", "trainer.tensorboard=false", "device=cpu"]

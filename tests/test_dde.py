@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 from conftest import fit_on_mixture
-from dae_gen.density import GaussianMixture, grid_kl, grid_log_density, importance_log_likelihood
+from dae_gen.density import (
+    GaussianMixture,
+    MixtureScoreModel,
+    grid_kl,
+    grid_log_density,
+    importance_log_likelihood,
+)
 from dae_gen.nets.mlp import GeneratorMLP, ScalarMLP
 from dae_gen.objectives.dde import DDEGenerativeModel, DenoisingDensityEstimator
 from dae_gen.samplers.temperature import sample_generator
@@ -69,6 +75,28 @@ def test_smoothed_mixture_is_the_law_of_noisy_samples():
     torch.testing.assert_close(torch.cov(noisy.T), torch.cov(smoothed.T), atol=0.015, rtol=0)
     # the exact log-likelihood of noisy samples under the smoothed mixture beats the unsmoothed one
     assert mixture.smoothed(sigma).log_prob(noisy).mean() > mixture.log_prob(noisy).mean() + 0.5
+
+
+def test_mixture_score_model_is_the_exact_smoothed_score_for_each_example_and_samples_the_mixture():
+    """Each example's own σ: the score equals GaussianMixture.smoothed(σ).score; annealed Langevin on it (the score
+    protocol) draws the mixture with its weights."""
+    from dae_gen.noise import geometric_sigmas
+    from dae_gen.samplers import sample_annealed_langevin
+    from dae_gen.score import ScoreModel
+
+    mixture = three_modes()
+    model = MixtureScoreModel(mixture, sigmas=geometric_sigmas(3.0, 0.1, 10))
+    assert isinstance(model, ScoreModel) and model.data_shape == (2,) and model.reference_sigma == pytest.approx(0.1)
+    x = 3 * torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.0001, 0.1, 0.3, 1.0, 2.0, 5.0], dtype=torch.float64)
+    expected = torch.stack([mixture.smoothed(float(s)).score(x[i:i + 1])[0] for i, s in enumerate(sigma)])
+    torch.testing.assert_close(model.score(x, sigma), expected, rtol=1e-10, atol=1e-12)
+    assert model.score(x.float(), sigma.float()).dtype == torch.float32
+    samples = sample_annealed_langevin(model, 4000, n_steps_each=50, step_lr=2e-3, init="gaussian",
+                                       generator=torch.Generator().manual_seed(1))
+    nearest = torch.cdist(samples.double(), mixture.means).argmin(1)
+    weights = torch.bincount(nearest, minlength=3).double() / len(samples)
+    assert torch.allclose(weights, mixture.weights, atol=0.04), weights  # measured: within 0.02
 
 
 def test_grid_normalisation_recovers_a_normalised_density_from_any_constant():

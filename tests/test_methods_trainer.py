@@ -9,10 +9,11 @@ from hydra.utils import instantiate
 from dae_gen.data.digits import digits
 from dae_gen.data.toy import two_moons
 
-POINT_MODELS = ["ncsn_mlp", "dae_mlp", "dae_single", "mdsm_mlp", "dde", "ddegen_mlp"]
+POINT_MODELS = ["ncsn_mlp", "dae_mlp", "dae_single", "edm_mlp", "mdsm_mlp", "dde", "ddegen_mlp"]
 IMAGE_MODELS = {  # small nets for 8x8 images
     "ncsn_unet": ["model.net.channels=8"],
     "dae": ["model.net.channels=8"],
+    "edm": ["model.net.channels=8"],
     "mdsm": ["model.net.n_blocks=2", "model.net.channels=4"],
     "dde_conv": ["model.net.channels=8"],
     "ddegen": ["model.generator.channels=8", "model.dde.channels=8", "model.n_dde_steps=1"],

@@ -298,7 +298,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="default: all of the dataset's methods")
     parser.add_argument("--budget-minutes", type=float, default=None, help="CPU-minutes (fmnist 20, digits 4)")
     parser.add_argument("--n-samples", type=int, default=1000)
-    parser.add_argument("--calibrate-steps", type=int, default=10)
+    parser.add_argument("--calibrate-steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--smoke", action="store_true", help="tiny budget and sample counts, to test the script")
     args = parser.parse_args()
