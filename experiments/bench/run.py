@@ -97,15 +97,22 @@ def table(records: Path = RECORDS) -> str:
             f"{seconds(smp['step_s'])} ({smp['batch']}) | {smp['network_images_per_s']:.3g} | "
             f"{smp['s_per_image']:.3g} ({smp['chain_steps']} steps) | "
             f"{m.get('train_peak_mb', 0):.0f} / {m.get('sampler_peak_mb', 0):.0f} MB | {seconds(p['total_s'])} |")
-    rows += ["", "| comparison | setting A → B | train-step speed-up | sampler-step speed-up |", "|---|---|---|---|"]
+    rows += ["", "| comparison | setting A → B | train-step speed-up, wall / CPU time | "
+             "sampler-step speed-up, wall / CPU time |", "|---|---|---|---|"]
+
+    def speedup(ratio: dict, what: str) -> str:
+        if what not in ratio:
+            return "–"
+        return f"{ratio[what]:.2f}× / {ratio[what + '_cpu']:.2f}×" if what + "_cpu" in ratio else f"{ratio[what]:.2f}×"
+
     for name in COMPARISONS:
         record = load(name, records)
         if record is None:
             continue
         labels = [s["label"] for s in record["settings"]]
         for label, ratio in record["ratios"].items():
-            rows.append(f"| `{name}` | {labels[0]} → {label} | {ratio.get('train_step', float('nan')):.3f}× | "
-                        f"{ratio.get('sampler_step', float('nan')):.3f}× |")
+            rows.append(f"| `{name}` | {labels[0]} → {label} | {speedup(ratio, 'train_step')} | "
+                        f"{speedup(ratio, 'sampler_step')} |")
     return "\n".join(rows)
 
 
