@@ -65,7 +65,10 @@ def karras_sigmas(n_steps: int, sigma_min: float, sigma_max: float, rho: float =
         raise ValueError(f"need 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if not rho > 0:
         raise ValueError(f"rho must be positive, got {rho}")
-    ramp = torch.linspace(0, 1, int(n_steps), dtype=torch.float64) if n_steps > 1 else torch.zeros(1, dtype=torch.float64)
+    if n_steps > 1:
+        ramp = torch.linspace(0, 1, int(n_steps), dtype=torch.float64)
+    else:
+        ramp = torch.zeros(1, dtype=torch.float64)
     inv_max, inv_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     sigmas = (inv_max + ramp * (inv_min - inv_max)) ** rho
     return torch.cat([sigmas, sigmas.new_zeros(1)])

@@ -91,7 +91,8 @@ SAMPLER_CASES = {  # config name: (overrides that keep it quick, expected moment
                model.mean, model.s, start_mean=0.0, start_var=float(model.sigmas[0]) ** 2,
                final_sigma=float(model.sigmas[-1]),
                steps=[(v / (model.s**2 + sig**2), v)
-                      for sig, nxt in zip(model.sigmas.tolist(), model.sigmas.tolist()[1:]) for v in [sig**2 - nxt**2]])),
+                      for sig, nxt in zip(model.sigmas.tolist(), model.sigmas.tolist()[1:])
+                      for v in [sig**2 - nxt**2]])),
     # the exact flow scales deviations by √((s² + σ_min²)/(s² + σ_max²)), then Tweedie by s²/(s² + σ_min²)
     "ode": ([], lambda cfg, model: _ode_moments(model)),
 }

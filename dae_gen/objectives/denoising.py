@@ -71,7 +71,9 @@ class DenoisingObjective(Objective):
         return self.net(self._shaped(c.c_in, x) * x, c.c_noise.to(x.dtype))
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """``D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise)``, the estimate of ``E[x₀ | x]``. x ``(B, ...)``, σ ``(B,)``."""
+        """``D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise)``, the estimate of ``E[x₀ | x]``.
+
+        x ``(B, ...)``, σ ``(B,)``."""
         c = self.preconditioning.coefficients(sigma)
         return self._shaped(c.c_skip, x) * x + self._shaped(c.c_out, x) * self.network(x, c)
 

@@ -25,4 +25,5 @@ from dae_gen.samplers.temperature import (
 __all__ = ["CountingModel", "annealed_langevin", "denoise_step", "draw_samples", "edm_sampler", "initial_state",
            "predictor_corrector", "probability_flow_ode", "sample_annealed_langevin", "sample_edm_stochastic",
            "sample_generator", "sample_heun", "sample_predictor_corrector", "sample_probability_flow_ode",
-           "sample_temperature_langevin", "sigma_range", "tasks", "temperature_annealed_langevin", "temperature_schedule"]
+           "sample_temperature_langevin", "sigma_range", "tasks", "temperature_annealed_langevin",
+           "temperature_schedule"]

@@ -64,8 +64,8 @@ def initial_state(shape: tuple[int, ...], *, init: str, init_low: float, init_hi
     raise ValueError(f"init must be 'uniform' or 'gaussian', got {init!r}")
 
 
-def sample_annealed_langevin(model: ScoreModel, n: int, *, n_steps_each: int = 100, step_lr: float = 2e-5, denoise: bool = True,
-                             init: str = "uniform", init_low: float = 0.0, init_high: float = 1.0,
+def sample_annealed_langevin(model: ScoreModel, n: int, *, n_steps_each: int = 100, step_lr: float = 2e-5,
+                             denoise: bool = True, init: str = "uniform", init_low: float = 0.0, init_high: float = 1.0,
                              sigmas: Tensor | None = None, generator: torch.Generator | None = None,
                              callback: Callback = None) -> Tensor:
     """Draw ``n`` samples from any model with the score protocol by annealed Langevin over its σ levels."""

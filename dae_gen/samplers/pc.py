@@ -25,7 +25,6 @@ from dae_gen.noise import geometric_sigmas
 from dae_gen.samplers.schedule import sigma_range
 from dae_gen.score import Callback, Score, ScoreModel, model_device, sigma_batch
 
-
 CORRECTOR_NORMS = ("example", "batch")
 
 

@@ -253,7 +253,8 @@ def report(dataset: str, *, out: Path) -> None:
     """Print the markdown table and draw FID vs NFE."""
     rows = load_results(out / "results" / f"{dataset}_table.json")
     if rows:
-        print("| method | sampler | FID@N | N | NFE / image | sampling CPU-s / 1000 | training steps | training CPU-min |")
+        print("| method | sampler | FID@N | N | NFE / image | sampling CPU-s / 1000 | training steps "
+              "| training CPU-min |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for r in sorted(rows, key=lambda r: r["fid"]):
             print(f"| {r['method']} | {r['label']} | {r['fid']:.1f} | {r['n']} | {r['nfe_per_image']:.0f} | "
