@@ -9,7 +9,8 @@ The public Python API (no Hydra needed)::
 
 Subpackages: ``data``, ``nets``, ``objectives`` (the methods), ``samplers``, ``metrics``; modules ``score`` (the
 protocol every model satisfies), ``noise``, ``trainer``, ``run``, ``viz``, ``density``, ``ais``, ``threads`` (the CPU
-threads rule of every CLI), ``benchmark`` (timing, as ``dae-gen-bench`` does it).
+threads rule of every CLI), ``benchmark`` (timing, as ``dae-gen-bench`` does it), ``precision`` (bf16 autocast for
+training and sampling where the hardware computes in bf16).
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from dae_gen.precision import autocast
 from dae_gen.score import model_device
 
 
@@ -179,9 +180,10 @@ def time_sampler_steps(driver: Callable[..., torch.Tensor], model, batch: int, *
 
 
 # -- workloads for the threads probe (dae_gen.threads.configure_threads) ------------------------------------
-def training_workload(objective, *, batch_size: int, device: torch.device | str = "cpu",
+def training_workload(objective, *, batch_size: int, device: torch.device | str = "cpu", amp: str = "none",
                       seed: int = 0) -> Callable[[], None]:
-    """One forward + backward of every phase of ``objective`` on a fixed random batch of the data's shape.
+    """One forward + backward of every phase of ``objective`` on a fixed random batch of the data's shape, at the
+    trainer's precision ``amp`` (``dae_gen.precision.resolve_amp``'s result: bf16 kernels scale differently).
 
     It leaves no trace: the global RNG is forked (the losses draw noise), gradients are cleared, no optimiser
     steps, and the dataset is not touched (its epoch order stays as the trainer will find it). The network's
@@ -196,7 +198,9 @@ def training_workload(objective, *, batch_size: int, device: torch.device | str 
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             for phase in phases:
-                objective.losses(phase, x).float().mean().backward()
+                with autocast(amp, device):
+                    losses = objective.losses(phase, x)
+                losses.float().mean().backward()
         objective.zero_grad(set_to_none=True)
 
     return run

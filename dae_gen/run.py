@@ -27,6 +27,7 @@ from dae_gen.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoin
 from dae_gen.data.base import DataInfo
 from dae_gen.errors import CheckpointError, ConfigError
 from dae_gen.objectives.base import Objective
+from dae_gen.precision import check_amp, with_precision
 from dae_gen.samplers.batches import draw_samples
 from dae_gen.score import Callback
 from dae_gen.settings import check_keywords
@@ -61,6 +62,10 @@ def build_sampler(settings: Mapping[str, Any], **overrides: Any) -> tuple[Callab
     settings:   a sampler config (``_target_`` naming a driver function, and its keyword arguments).
     overrides:  keyword arguments replacing or adding settings; each must be an argument of the driver, of its
                 annotated type (a ConfigError names the first that is not).
+
+    One setting every sampler takes besides its own: ``amp`` (``"none"`` or ``"bf16"``), the precision of the
+    model's network calls during the chain (``dae_gen.precision``: bf16 autocast where the device computes in bf16,
+    else fp32 with a warning; the chain's state stays fp32).
     """
     from hydra.utils import get_method, instantiate
 
@@ -74,8 +79,10 @@ def build_sampler(settings: Mapping[str, Any], **overrides: Any) -> tuple[Callab
         driver = get_method(target)
     except Exception as err:
         raise ConfigError(f"sampler _target_ {target!r} cannot be imported ({err})") from err
-    check_keywords(driver, settings, where="sampler", noun="setting", exclude=_DRIVER_ARGUMENTS)
-    return instantiate(settings), settings
+    driver_settings = {k: v for k, v in settings.items() if k != "amp"}
+    check_keywords(driver, driver_settings, where="sampler", noun="setting", exclude=_DRIVER_ARGUMENTS)
+    amp = check_amp(settings.get("amp", "none"), where="sampler.amp")
+    return with_precision(instantiate(driver_settings), amp), settings
 
 
 # -- runs ------------------------------------------------------------------------------------------------
@@ -131,7 +138,8 @@ class Run:
         """``n`` samples ``(n, *data_shape)`` on the CPU in the model's range; batch k is seeded with ``seed + k``.
 
         sampler:    ``None`` (the run's own), a sampler config name (``"temperature_langevin"``), or settings.
-        overrides:  single sampler settings, e.g. ``n_steps_each=5``.
+        overrides:  single sampler settings, e.g. ``n_steps_each=5``, or ``amp="bf16"`` (the network calls in bf16
+                    where the device computes in bf16; ``dae_gen.precision``).
         """
         driver, _ = self.sampler(sampler, **overrides)
         return draw_samples(self.model, driver, n, batch_size=batch_size, seed=seed, progress=progress,

@@ -42,6 +42,7 @@ from dae_gen import distributed as D
 from dae_gen.checkpoint import describe_os_error
 from dae_gen.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from dae_gen.objectives.base import Objective
+from dae_gen.precision import autocast, check_amp, describe_amp, resolve_amp
 from dae_gen.run_dir import MetricsLog, RunCheckpoints, RunDirError, StopSignals, hold_run_dir, parse_signals
 from dae_gen.samplers.batches import draw_samples
 
@@ -134,7 +135,9 @@ class Trainer:
     lr_schedule:     partial ``(optimizer, total_steps=) -> LRScheduler``, or None for a constant lr.
     ema_decay:       EMA decay of the weights (0 keeps the EMA equal to the current weights).
     grad_clip:       γ for gradient clipping, None for none; grad_clip_mode ``norm`` or ``soft``.
-    amp:             ``"none"`` or ``"bf16"`` autocast (CUDA only).
+    amp:             ``"none"`` or ``"bf16"``: the networks under bf16 autocast where the device computes in bf16
+                     (CUDA; CPUs with AMX-BF16 / AVX512-BF16), else fp32 with one warning (``dae_gen.precision``).
+                     Weights, gradients, optimiser state, EMA and checkpoints stay fp32; losses are averaged in fp32.
     compile:         ``torch.compile`` the objective's networks (first-order objectives only).
     log_every / ckpt_every / sample_every / eval_every: periods in steps (0 disables the periodic work;
                      a final checkpoint and sample grid are always written at the end).
@@ -167,8 +170,7 @@ class Trainer:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if amp not in ("none", "bf16"):
-            raise ValueError(f"amp must be 'none' or 'bf16', got {amp!r}")
+        check_amp(amp, where="trainer.amp")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or null, got {grad_clip}")
         if grad_clip_mode not in ("norm", "soft"):
@@ -189,7 +191,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.steps, self.batch_size = int(steps), int(batch_size)
         self.grad_clip, self.grad_clip_mode = grad_clip, grad_clip_mode
-        self.amp = amp if self.device.type == "cuda" else "none"
+        self.amp = resolve_amp(amp, self.device, warn=D.is_main_process())  # the precision that runs
         self.log_every, self.ckpt_every = int(log_every), int(ckpt_every)
         self.sample_every, self.eval_every = int(sample_every), int(eval_every)
         self.n_samples = int(n_samples)
@@ -311,7 +313,7 @@ class Trainer:
         params = self.phase_params[name]
         self.objective.zero_grad(set_to_none=True)
         x = self.data.batch(self.batch_size, generator=self.data_generator)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
+        with autocast(self.amp, self.device):
             losses = self.parallel[name](name, x)
         if losses.ndim != 1 or losses.shape[0] != x.shape[0]:
             raise RuntimeError(f"{type(self.objective).__name__}.losses({name!r}) must return per-example losses of "
@@ -434,8 +436,9 @@ class Trainer:
         if not D.is_main_process():
             return
         n_params = sum(p.numel() for p in self.objective.parameters())
-        log.info("run directory %s; device %s%s; %s parameters", self.run_dir, self.device,
-                 f" × {D.world_size()} processes" if D.world_size() > 1 else "", f"{n_params:,}")
+        log.info("run directory %s; device %s%s; %s parameters; %s", self.run_dir, self.device,
+                 f" × {D.world_size()} processes" if D.world_size() > 1 else "", f"{n_params:,}",
+                 describe_amp(self.amp, self.device))
         if resumed:
             log.info("resumed from step %d (%s)", self.step, self.checkpoints.newest)
         else:

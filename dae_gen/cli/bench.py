@@ -6,6 +6,7 @@ Examples::
     dae-gen-bench experiment=ncsn_cifar10 bench.sample=false    # training only
     dae-gen-bench compare=threads values=[1,2]                  # interleaved A/B of one config key, with ratios
     dae-gen-bench experiment=ncsn_cifar10 compare=trainer.compile values=[false,true]
+    dae-gen-bench experiment=mdsm_fmnist compare=sampler.amp values=[none,bf16] bench.train=false   # precision
 
 The config is composed exactly as ``dae-gen-train`` composes it (``configs/bench.yaml`` includes ``train.yaml``).
 Training is timed through the real :meth:`Trainer.train_step`, sampling through the preset's real sampler driver
@@ -40,6 +41,8 @@ from dae_gen.cli.common import (
 )
 from dae_gen.distributed import resolve_device
 from dae_gen.errors import ConfigError, DataError
+from dae_gen.precision import bf16_support, driver_amp, resolve_amp
+from dae_gen.run import build_sampler
 from dae_gen.threads import busy_cores
 
 #: How many fake images to write when a preset's data is missing (enough for any preset's batch).
@@ -96,7 +99,7 @@ def variant_configs(cfg: DictConfig) -> list[tuple[str, DictConfig, dict]]:
     if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not (
             OmegaConf.is_dict(parent) and "_target_" in parent):
         raise ConfigError(f"compare={key}: no such key in the composed config; compare an existing key such as "
-                          "threads, trainer.compile, trainer.amp, trainer.batch_size, or an argument of a "
+                          "threads, trainer.compile, trainer.amp, sampler.amp, trainer.batch_size, or an argument of a "
                           "_target_ node such as model.net.channels_last")
     variants = []
     for value in OmegaConf.to_container(values, resolve=True):
@@ -117,15 +120,15 @@ class Setting:
         with building("model"):
             self.model = instantiate(cfg.model, data_shape=list(data.shape))
         with building("sampler"):
-            self.sampler = instantiate(cfg.sampler)
+            self.sampler, _ = build_sampler(cfg.sampler)
             self.sampler(self.model, 0)  # validates the sampler's settings, as dae-gen-train does
         with building("trainer"):
             make_trainer = instantiate(cfg.trainer)
             self.trainer = make_trainer(objective=self.model, data=data, run_dir=scratch / "run", seed=cfg.seed,
                                         device=device, progress=False, tensorboard=False)
         self.sample_batch = int(cfg.bench.sample_batch or cfg.trainer.n_samples)
-        self.effective = {"amp": self.trainer.amp, "compile": bool(cfg.trainer.compile),
-                          "batch_size": self.trainer.batch_size}
+        self.effective = {"amp": self.trainer.amp, "sampler_amp": resolve_amp(driver_amp(self.sampler), device),
+                          "compile": bool(cfg.trainer.compile), "batch_size": self.trainer.batch_size}
         self.train_rounds: list[tuple[float, float]] = []
         self.sampler_rounds: list[B.SamplerSteps] = []
         self.warmup_s: dict[str, float] = {}
@@ -252,6 +255,9 @@ def table(record: dict) -> str:
     def row(name: str, cells: list[str]) -> None:
         lines.append(f"{name:34}" + "".join(f"{c:>{width}}" for c in cells))
 
+    precision = {"none": "fp32", "bf16": "bf16"}
+    row("precision: train / sampler", [f"{precision[s['effective']['amp']]} / "
+                                       f"{precision[s['effective']['sampler_amp']]}" for s in settings])
     if all("train" in s for s in settings):
         t0 = settings[0]["train"]
         row(f"train step (batch {t0['batch_size']})", [hs(s["train"]["step_s"]) for s in settings])
@@ -293,16 +299,20 @@ def bench(cfg: DictConfig, out_dir: str | Path, *, command_line: str = "", prese
         settings = [Setting(label, variant, overrides, data=data, device=device, scratch=scratch)
                     for label, variant, overrides in variant_configs(cfg)]
         first = settings[0]
-        workload = (B.training_workload(first.model, batch_size=first.trainer.batch_size, device=device)
+        workload = (B.training_workload(first.model, batch_size=first.trainer.batch_size, device=device,
+                                        amp=first.trainer.amp)
                     if cfg.bench.train else
                     B.sampler_workload(first.sampler, first.model, batch=first.sample_batch))
         choice = set_threads(cfg.get("threads"), workload=workload, device=device)
         measure(settings, cfg, device=device, threads=choice.threads)
     records = [summarise(setting) for setting in settings]
     for setting in settings:
-        if cfg.trainer.amp != "none" and setting.effective["amp"] == "none":
-            notes.append(f"{setting.label}: trainer.amp={setting.cfg.trainer.amp} has no effect on {device.type} "
-                         "(the trainer autocasts on CUDA only)")
+        asked = {"trainer.amp": setting.cfg.trainer.amp, "sampler.amp": driver_amp(setting.sampler)}
+        used = {"trainer.amp": setting.effective["amp"], "sampler.amp": setting.effective["sampler_amp"]}
+        fell_back = [key for key in asked if asked[key] != used[key]]
+        if fell_back:
+            notes.append(f"{setting.label}: {' and '.join(f'{k}={asked[k]}' for k in fell_back)} ran in fp32: "
+                         f"{bf16_support(device.type)[1]}")
             break
     if busy_at_start >= 0.5:
         notes.append(f"{busy_at_start:.1f} cores were busy with other processes at the start: absolute times are "

@@ -47,6 +47,7 @@ from dae_gen.errors import ConfigError, DataError, SamplingDiverged
 from dae_gen.metrics.evaluate import dataset_reference, evaluate_samples
 from dae_gen.metrics.inception import InceptionFeatures, quantize, resolve_weights_path
 from dae_gen.metrics.toy import compare_with_exact
+from dae_gen.precision import driver_amp, resolve_amp
 from dae_gen.run import load_run
 from dae_gen.samplers.batches import count_nonfinite, draw_samples
 from dae_gen.samplers.nfe import CountingModel
@@ -120,6 +121,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
         samples = draw_samples(counted, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
                                progress=True, require_finite=True)
         nfe = counted.nfe_per_image(cfg.n_samples)
+        amp = resolve_amp(driver_amp(sampler), device, warn=False)
     else:
         set_threads(cfg.get("threads"), device=device)  # nothing to probe: threads=K, else 1 thread
         samples = torch.from_numpy(stored["samples"]) if "samples" in stored else None
@@ -127,6 +129,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
             raise SamplingDiverged(f"{bad} of {len(samples)} samples in {cfg.samples} are not finite (NaN or inf)")
         sampler_settings = stored["record"].get("sampler")
         nfe = stored["record"].get("nfe_per_image")
+        amp = stored["record"].get("amp")
     if info.kind == "points":
         if samples is None:
             raise DataError(f"samples={cfg.samples} holds no 'samples' array for the 2-D data {info.name}")
@@ -137,7 +140,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     else:
         metrics, reference = image_metrics(cfg, dataset_cfg, samples, stored, device)
     result = {**metrics, "step": step, "run": None if source is None else str(source), "samples": cfg.samples,
-              "sampler": sampler_settings, "nfe_per_image": nfe, "seed": cfg.seed,
+              "sampler": sampler_settings, "amp": amp, "nfe_per_image": nfe, "seed": cfg.seed,
               "use_ema": cfg.use_ema if run is not None else None,
               "seconds": time.perf_counter() - started}
     if out_dir is None:

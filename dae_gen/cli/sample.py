@@ -41,6 +41,7 @@ from dae_gen.cli.common import (
     set_threads,
 )
 from dae_gen.metrics.inception import quantize
+from dae_gen.precision import resolve_amp
 from dae_gen.run import Run, load_run
 from dae_gen.samplers.batches import draw_samples
 from dae_gen.samplers.nfe import CountingModel
@@ -55,12 +56,14 @@ SAMPLE_KEYS = {"out": str | None, "n_samples": int, "batch_size": int, "seed": i
 def sampling_record(run: Run, settings: dict[str, Any], *, seed: int, n_samples: int, batch_size: int,
                     nfe_per_image: float | None = None, command: str | None = None) -> dict[str, Any]:
     """What a set of samples came from, enough to draw it again: run, checkpoint, step, weights, sampler, seeds;
-    and what they cost (network calls per image)."""
+    the precision its network calls ran at (``amp``: ``bf16`` or ``none``, after the device's fall-back; the
+    sampler's ``amp`` setting is what was asked); and what they cost (network calls per image)."""
     from dae_gen import __version__
 
     return {"run": str(run.path), "checkpoint": str(run.checkpoint), "step": run.step, "use_ema": run.use_ema,
             "sampler": {k: v for k, v in settings.items() if k != "_partial_"}, "seed": seed,
             "n_samples": n_samples, "batch_size": batch_size, "seeding": "batch k uses seed + k",
+            "amp": resolve_amp(settings.get("amp", "none"), run.device, warn=False),
             "nfe_per_image": nfe_per_image,
             "data": run.data.as_dict(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command,
             "dae_gen": __version__}

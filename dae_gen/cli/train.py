@@ -57,6 +57,7 @@ from dae_gen.cli.resume import (
     write_config,
 )
 from dae_gen.errors import CheckpointError, ConfigError, DataError
+from dae_gen.precision import resolve_amp
 from dae_gen.run import build_sampler
 from dae_gen.run_dir import hold_run_dir
 from dae_gen.viz import reference_points, sample_saver
@@ -144,7 +145,8 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, checkp
         sampler, settings = build_sampler(config["sampler"])
         sampler(model, 0)  # an empty batch checks the sampler's values now rather than at the first grid
     set_threads(config.get("threads"), device=device, workload=training_workload(
-        model, batch_size=int(trainer_cfg["batch_size"]), device=device))
+        model, batch_size=int(trainer_cfg["batch_size"]), device=device,
+        amp=resolve_amp(trainer_cfg.get("amp", "none"), device, warn=False, where="trainer.amp")))
     evaluator = None
     if config.get("metrics"):
         with building("metrics"):

@@ -29,12 +29,27 @@ def n_halvings(height: int, width: int, min_size: int = 4) -> int:
     return count
 
 
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm whose statistics and normalisation are computed in its weights' precision (fp32) also when bf16
+    autocast hands it a bf16 input; the result comes back in the input's dtype, so the activation and the next
+    conv stay in bf16.
+
+    CUDA's autocast runs group_norm in fp32 (it is on its fp32 list); CPU's leaves it in the input's dtype, and
+    torch's bf16 channels-last GroupNorm kernel on CPU is up to 6× slower than fp32 (16 channels at 28×28, batch
+    64: 5.3 ms against 0.9 ms): with it a bf16 U-Net was 1.35× *slower* than fp32, with this 1.2–1.5× faster.
+    Same parameters and state-dict keys as ``nn.GroupNorm``; without autocast nothing changes.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.to(self.weight.dtype)).to(x.dtype)
+
+
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with the most groups (at most 32) that leaves at least 4 channels per group."""
+    """GroupNorm with the most groups (at most 32) that leaves at least 4 channels per group (:class:`GroupNorm32`)."""
     for groups in (32, 16, 8, 4, 2):
         if channels % groups == 0 and channels // groups >= 4:
-            return nn.GroupNorm(groups, channels)
-    return nn.GroupNorm(1, channels)
+            return GroupNorm32(groups, channels)
+    return GroupNorm32(1, channels)
 
 
 def smooth_activation(name: str) -> nn.Module:

@@ -117,7 +117,7 @@ class DDEGenerativeModel(Objective):
         samples = self.G(self._latents(x.shape[0], x.device)).to(x.dtype)
         if phase == "generator":  # KL(q_σ ‖ p_σ) surrogate; only G is stepped
             noisy = samples + self.sigma * torch.randn_like(samples)
-            return self.f_q(noisy) - self.f_p(noisy)
+            return self.f_q(noisy).to(x.dtype) - self.f_p(noisy).to(x.dtype)  # bf16 under autocast: subtract in fp32
         raise KeyError(f"DDEGenerativeModel has no phase {phase!r}; its phases are {self.phases}")
 
     @torch.no_grad()

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from dae_gen.errors import ConfigError
+from dae_gen.precision import driver_amp, sampling_model
 from dae_gen.samplers.langevin import annealed_langevin, denoise_step, initial_state, sample_annealed_langevin
 from dae_gen.samplers.temperature import (
     sample_generator,
@@ -336,6 +337,7 @@ def interpolate(model: ScoreModel, n_rows: int, *, n_interpolations: int = 8, sa
     driver = _driver(sampler, overrides)
     function, knobs = _function(driver), _knobs(driver)
     device = model_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
+    model = sampling_model(model, driver_amp(driver))  # the chains below call its score directly: amp= applies here
     shape = (int(n_rows), *model.data_shape)
     noise = interpolation_noise(n_rows, n_interpolations, generator=generator)
     if function is sample_annealed_langevin:

@@ -43,6 +43,23 @@ COMPARISONS = {
                                   "values=[false,true]", "bench.sample=false"],
     "compile_ncsn_fmnist_cpu": ["experiment=ncsn_fmnist_cpu", "compare=trainer.compile", "values=[false,true]",
                                 "threads=1"],
+    # bf16 autocast (dae_gen.precision), one thread: the trainer's precision and the sampler's, each on its own
+    "amp_train_mdsm_fmnist": ["experiment=mdsm_fmnist", "compare=trainer.amp", "values=[none,bf16]",
+                              "bench.sample=false", "threads=1", "bench.rounds=5"],
+    "amp_sampler_mdsm_fmnist": ["experiment=mdsm_fmnist", "compare=sampler.amp", "values=[none,bf16]",
+                                "bench.train=false", "bench.sample_batch=64", "threads=1", "bench.rounds=5"],
+    "amp_train_mdsm_digits": ["experiment=mdsm_digits", "compare=trainer.amp", "values=[none,bf16]",
+                              "bench.sample=false", "threads=1", "bench.rounds=7"],
+    "amp_sampler_mdsm_digits": ["experiment=mdsm_digits", "compare=sampler.amp", "values=[none,bf16]",
+                                "bench.train=false", "threads=1", "bench.rounds=7"],
+    "amp_train_main_job": ["compare=trainer.amp", "values=[none,bf16]", "bench.sample=false", "threads=1",
+                           "bench.rounds=7"],
+    "amp_sampler_main_job": ["compare=sampler.amp", "values=[none,bf16]", "bench.train=false", "threads=1",
+                             "bench.rounds=7"],
+    "amp_train_edm_fmnist_cpu": ["experiment=edm_fmnist_cpu", "compare=trainer.amp", "values=[none,bf16]",
+                                 "bench.sample=false", "threads=1", "bench.rounds=7"],
+    "amp_sampler_edm_fmnist_cpu": ["experiment=edm_fmnist_cpu", "compare=sampler.amp", "values=[none,bf16]",
+                                   "bench.train=false", "threads=1", "bench.rounds=7"],
 }
 
 
@@ -80,15 +97,22 @@ def table(records: Path = RECORDS) -> str:
             f"{seconds(smp['step_s'])} ({smp['batch']}) | {smp['network_images_per_s']:.3g} | "
             f"{smp['s_per_image']:.3g} ({smp['chain_steps']} steps) | "
             f"{m.get('train_peak_mb', 0):.0f} / {m.get('sampler_peak_mb', 0):.0f} MB | {seconds(p['total_s'])} |")
-    rows += ["", "| comparison | setting A → B | train-step speed-up | sampler-step speed-up |", "|---|---|---|---|"]
+    rows += ["", "| comparison | setting A → B | train-step speed-up, wall / CPU time | "
+             "sampler-step speed-up, wall / CPU time |", "|---|---|---|---|"]
+
+    def speedup(ratio: dict, what: str) -> str:
+        if what not in ratio:
+            return "–"
+        return f"{ratio[what]:.2f}× / {ratio[what + '_cpu']:.2f}×" if what + "_cpu" in ratio else f"{ratio[what]:.2f}×"
+
     for name in COMPARISONS:
         record = load(name, records)
         if record is None:
             continue
         labels = [s["label"] for s in record["settings"]]
         for label, ratio in record["ratios"].items():
-            rows.append(f"| `{name}` | {labels[0]} → {label} | {ratio.get('train_step', float('nan')):.3f}× | "
-                        f"{ratio.get('sampler_step', float('nan')):.3f}× |")
+            rows.append(f"| `{name}` | {labels[0]} → {label} | {speedup(ratio, 'train_step')} | "
+                        f"{speedup(ratio, 'sampler_step')} |")
     return "\n".join(rows)
 
 
