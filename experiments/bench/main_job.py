@@ -1,4 +1,5 @@
-"""The main job (`dae-gen-train`, no arguments) on an idle machine and next to busy processes, per thread setting.
+"""The main job (`dae-gen-train experiment=edm_digits`) on an idle machine and next to busy processes, per thread
+setting (`--preset none`: `dae-gen-train` with no preset).
 
     python experiments/bench/main_job.py                       # threads auto, 1, 2 × 0 and 1 busy processes
     python experiments/bench/main_job.py --threads auto --busy 1 --steps 300    # a quick check
@@ -25,12 +26,13 @@ HERE = Path(__file__).resolve().parent
 TRAIN = os.path.join(os.path.dirname(sys.executable), "dae-gen-train")
 
 
-def one_run(threads: str, busy: int, steps: int | None) -> dict:
+def one_run(threads: str, busy: int, steps: int | None, preset: str) -> dict:
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     try:
         time.sleep(1.0 if busy else 0.0)  # let the competitors take their cores
         with tempfile.TemporaryDirectory() as run_dir:
-            cmd = [TRAIN, f"hydra.run.dir={run_dir}", f"threads={threads}", "trainer.progress=false"]
+            cmd = [TRAIN, *([f"experiment={preset}"] if preset != "none" else []), f"hydra.run.dir={run_dir}",
+                   f"threads={threads}", "trainer.progress=false"]
             if steps is not None:
                 cmd.append(f"trainer.steps={steps}")
             start = time.perf_counter()
@@ -55,12 +57,13 @@ def main() -> None:
     parser.add_argument("--threads", nargs="*", default=["auto", "1", "2"])
     parser.add_argument("--busy", nargs="*", type=int, default=[0, 1], help="numbers of competing busy processes")
     parser.add_argument("--steps", type=int, default=None, help="trainer.steps (default: the preset's 3000)")
+    parser.add_argument("--preset", default="edm_digits", help="the experiment preset; none: no experiment=")
     parser.add_argument("--out", default=str(HERE / "main_job.json"))
     args = parser.parse_args()
     rows = []
     for busy in args.busy:
         for threads in args.threads:
-            rows.append(one_run(threads, busy, args.steps))
+            rows.append(one_run(threads, busy, args.steps, args.preset))
             print(json.dumps(rows[-1]), flush=True)
     idle = {r["threads"]: r["wall_s"] for r in rows if r["busy_processes"] == 0}
     for r in rows:
