@@ -226,7 +226,7 @@ def table(dataset: str, *, out: Path, n: int, methods: list[str]) -> None:
               f"CPU-s/1000 {row['cpu_s_per_1000']:8.1f}", flush=True)
 
 
-def sweep(dataset: str, *, out: Path, n: int, smoke: bool) -> None:
+def sweep(dataset: str, *, out: Path, n: int, smoke: bool, reverse: bool = False) -> None:
     from dae_gen.run import load_run
 
     path = out / "results" / f"{dataset}_sweep.json"
@@ -236,26 +236,26 @@ def sweep(dataset: str, *, out: Path, n: int, smoke: bool) -> None:
     evaluator = None
     # a point the table already measured on this model (same sampler, same settings, same N) is taken from it
     measured = [r for r in load_results(out / "results" / f"{dataset}_table.json") if r["method"] == "edm"]
-    for name, points in SWEEP.items():
-        for knob, value, extra in points[:2] if smoke else points:
-            if (name, value) in done:
-                continue
-            _, settings = run.sampler(name, **{knob: value, **extra})
-            settings = {k: v for k, v in settings.items() if k != "_partial_"}
-            same = [r for r in measured if r["sampler"] == settings and r["n"] == n]
-            if same:
-                row = {"sampler_name": name, "knob": knob, "knob_value": value, "from_table": same[0]["label"],
-                       **{k: v for k, v in same[0].items() if k not in ("method", "label", "train")}}
-            else:
-                evaluator = evaluator or Evaluator(run, cache_dir=CACHE)
-                grid = out / "grids" / "sweep" / f"{dataset}_{name}_{knob}_{value}.png"
-                row = {"sampler_name": name, "knob": knob, "knob_value": value,
-                       **sample_and_score(run, evaluator, name, {knob: value, **extra}, n=n, grid=grid),
-                       "grid": str(grid.relative_to(out))}
-            rows.append(row)
-            save_results(path, rows)
-            print(f"{dataset} sweep {name:18s} {knob}={value:<8g} FID {row['fid']:7.2f}  NFE "
-                  f"{row['nfe_per_image']:7.1f}  CPU-s/1000 {row['cpu_s_per_1000']:8.1f}", flush=True)
+    todo = [(name, point) for name, points in SWEEP.items() for point in (points[:2] if smoke else points)]
+    for name, (knob, value, extra) in reversed(todo) if reverse else todo:
+        # re-read: a second process (``--reverse``) may have measured this point meanwhile
+        if (name, value) in done or (name, value) in {(r["sampler_name"], r["knob_value"]) for r in load_results(path)}:
+            continue
+        _, settings = run.sampler(name, **{knob: value, **extra})
+        settings = {k: v for k, v in settings.items() if k != "_partial_"}
+        same = [r for r in measured if r["sampler"] == settings and r["n"] == n]
+        if same:
+            row = {"sampler_name": name, "knob": knob, "knob_value": value, "from_table": same[0]["label"],
+                   **{k: v for k, v in same[0].items() if k not in ("method", "label", "train")}}
+        else:
+            evaluator = evaluator or Evaluator(run, cache_dir=CACHE)
+            grid = out / "grids" / "sweep" / f"{dataset}_{name}_{knob}_{value}.png"
+            row = {"sampler_name": name, "knob": knob, "knob_value": value,
+                   **sample_and_score(run, evaluator, name, {knob: value, **extra}, n=n, grid=grid),
+                   "grid": str(grid.relative_to(out))}
+        save_results(path, load_results(path) + [row])
+        print(f"{dataset} sweep {name:18s} {knob}={value:<8g} FID {row['fid']:7.2f}  NFE "
+              f"{row['nfe_per_image']:7.1f}  CPU-s/1000 {row['cpu_s_per_1000']:8.1f}", flush=True)
 
 
 def report(dataset: str, *, out: Path) -> None:
@@ -310,6 +310,7 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=1000)
     parser.add_argument("--calibrate-steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--reverse", action="store_true", help="sweep: last point first (a second process)")
     parser.add_argument("--smoke", action="store_true", help="tiny budget and sample counts, to test the script")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -330,7 +331,7 @@ def main() -> None:
     if args.stage in ("table", "all"):
         table(args.dataset, out=args.out, n=n, methods=methods)
     if args.stage in ("sweep", "all") and "edm" in methods:
-        sweep(args.dataset, out=args.out, n=n, smoke=args.smoke)
+        sweep(args.dataset, out=args.out, n=n, smoke=args.smoke, reverse=args.reverse)
     if args.stage in ("report", "all"):
         report(args.dataset, out=args.out)
 
