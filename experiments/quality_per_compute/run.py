@@ -277,7 +277,7 @@ def report(dataset: str, *, out: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for name in SWEEP:
         mine = sorted((p["nfe_per_image"], p["fid"]) for p in points if p["sampler_name"] == name)
         if mine:
@@ -290,12 +290,17 @@ def report(dataset: str, *, out: Path) -> None:
         ax.plot([baseline[0]["nfe_per_image"]], [baseline[0]["fid"]], marker="*", markersize=12, linestyle="none",
                 color="black", label="NCSN model + its annealed Langevin")
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_yscale("log")
+    for axis, ticks in ((ax.xaxis, (3, 5, 10, 20, 50, 100, 200, 500, 1000, 3000)),
+                        (ax.yaxis, (10, 15, 20, 30, 50, 100, 200, 300, 500))):
+        axis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("network calls per image (NFE)")
     ax.set_ylabel(f"FID@{points[0]['n']} vs test split")
     ax.set_title(f"{dataset}: every sampler on one EDM model")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out / f"fid_vs_nfe_{dataset}.png", dpi=120)
     print(f"wrote {out / f'fid_vs_nfe_{dataset}.png'}")
