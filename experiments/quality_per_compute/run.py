@@ -51,16 +51,19 @@ METHODS = {
 }
 
 # Table rows: (method, label, sampler config name, sampler overrides).
+EDM_ROWS = [  # every diffusion sampler on the EDM model, on both datasets
+    ("edm", "heun 18 (preset)", None, {}),
+    ("edm", "heun 9", "heun", {"n_steps": 9}),
+    ("edm", "edm_stochastic 32", "edm_stochastic", {"n_steps": 32, "s_churn": 5.0}),
+    ("edm", "pc 50", "pc", {"n_steps": 50}),
+    ("edm", "ode rtol 1e-3", "ode", {"rtol": 1e-3, "atol": 1e-3}),
+]
 TABLE = {
     "fmnist": [
         ("ncsn", "annealed_langevin (preset)", None, {}),
         ("ncsn", "pc (own 10 levels)", "pc", {}),
         ("ncsn", "heun 18", "heun", {"n_steps": 18}),
-        ("edm", "heun 18 (preset)", None, {}),
-        ("edm", "heun 9", "heun", {"n_steps": 9}),
-        ("edm", "edm_stochastic 32", "edm_stochastic", {"n_steps": 32, "s_churn": 5.0}),
-        ("edm", "pc 50", "pc", {"n_steps": 50}),
-        ("edm", "ode rtol 1e-3", "ode", {"rtol": 1e-3, "atol": 1e-3}),
+        *EDM_ROWS,
         ("mdsm", "temperature_langevin 300", "temperature_langevin",
          {"n_steps_hot": 50, "n_steps_anneal": 200, "n_steps_cool": 50}),
         ("mdsm", "heun 18", "heun", {"n_steps": 18}),
@@ -70,11 +73,7 @@ TABLE = {
         ("ncsn", "annealed_langevin (preset)", None, {}),
         ("ncsn", "pc (own 20 levels)", "pc", {}),
         ("ncsn", "heun 18", "heun", {"n_steps": 18}),
-        ("edm", "heun 18 (preset)", None, {}),
-        ("edm", "heun 9", "heun", {"n_steps": 9}),
-        ("edm", "edm_stochastic 32", "edm_stochastic", {"n_steps": 32, "s_churn": 5.0}),
-        ("edm", "pc 50", "pc", {"n_steps": 50}),
-        ("edm", "ode rtol 1e-3", "ode", {"rtol": 1e-3, "atol": 1e-3}),
+        *EDM_ROWS,
         ("mdsm", "temperature_langevin (preset)", None, {}),
         ("ddegen", "generator (preset)", None, {}),
     ],
