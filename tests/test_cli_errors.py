@@ -92,19 +92,6 @@ SAMPLE_CASES = {  # dae-gen-sample arguments ({root}: the fixture folder): what 
 }
 
 
-@pytest.mark.parametrize("case", sorted(SAMPLE_CASES))
-def test_sample_errors_are_one_line_and_write_nothing(files, case):
-    args, expected = SAMPLE_CASES[case]
-    before = snapshot(files / "toy")
-    proc = run_command(["dae-gen-sample", *(a.format(root=files) for a in args), "device=cpu"], cwd=files)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    lines = error_lines(proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith("dae-gen-sample: error: "), proc.stderr
-    for text in expected:
-        assert text in lines[0]
-    assert snapshot(files / "toy") == before
-
-
 EVAL_CASES = {
     "nothing to evaluate": ([], ["give run="]),
     "garbage npz": (["samples={root}/garbage.npz"], ["samples=", "garbage.npz: not a readable .npz"]),
@@ -116,14 +103,15 @@ EVAL_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(EVAL_CASES))
-def test_eval_errors_are_one_line_and_write_nothing(files, case):
-    args, expected = EVAL_CASES[case]
+@pytest.mark.parametrize("command, case", [("dae-gen-sample", c) for c in sorted(SAMPLE_CASES)]
+                         + [("dae-gen-eval", c) for c in sorted(EVAL_CASES)])
+def test_sample_and_eval_errors_are_one_line_and_write_nothing(files, command, case):
+    args, expected = (SAMPLE_CASES if command == "dae-gen-sample" else EVAL_CASES)[case]
     before = snapshot(files / "toy")
-    proc = run_command(["dae-gen-eval", *(a.format(root=files) for a in args), "device=cpu"], cwd=files)
+    proc = run_command([command, *(a.format(root=files) for a in args), "device=cpu"], cwd=files)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = error_lines(proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith("dae-gen-eval: error: "), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"{command}: error: "), proc.stderr
     for text in expected:
         assert text in lines[0]
     assert snapshot(files / "toy") == before

@@ -145,6 +145,18 @@ class PerLevelLinear(nn.Module):
         return self.a[k, None] * y + self.b[k]
 
 
+def fit_gaussian(model, mean, std, *, steps, lr, batch):
+    """Adam with a cosine schedule down to 1e-4 on fresh N(mean, std² I) batches (the same draws as before)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-4)
+    for _ in range(steps):
+        loss = model.losses("model", mean + std * torch.randn(batch, len(mean))).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+
+
 def test_trained_linear_edm_denoiser_matches_the_closed_form_optimum():
     """EDM preconditioning + EDM weighting on N(μ, s²I) data: the trained denoiser at each level matches
     D*(x̃) = μ + s²/(s² + σ²)·(x̃ − μ), i.e. slope s²/(s² + σ²) and offset σ²/(s² + σ²)·μ."""
@@ -155,14 +167,7 @@ def test_trained_linear_edm_denoiser_matches_the_closed_form_optimum():
     labels = precond.coefficients(sigmas).c_noise.float()
     model = DenoisingObjective(net=lambda data_shape: PerLevelLinear(data_shape=data_shape, labels=labels),
                                data_shape=(3,), preconditioning=precond, sigmas=sigmas, weighting="edm")
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 600, eta_min=1e-4)
-    for _ in range(600):
-        loss = model.losses("model", mean + std * torch.randn(4096, 3)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    fit_gaussian(model, mean, std, steps=600, lr=0.05, batch=4096)
     probe = torch.randn(2, 3) * 2
     with torch.no_grad():
         for sigma in sigmas.tolist():
@@ -197,14 +202,7 @@ def test_edm_objective_with_log_normal_sigma_learns_the_gaussian_optimum_across_
                                preconditioning=EDMPreconditioning(sigma_data=0.5),
                                sigmas=geometric_sigmas(80.0, 0.002, 10), training_sigma=LogNormalSigma(),
                                weighting="edm")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 1500, eta_min=1e-4)
-    for _ in range(1500):
-        loss = model.losses("model", mean + std * torch.randn(1024, 2)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    fit_gaussian(model, mean, std, steps=1500, lr=1e-2, batch=1024)
     with torch.no_grad():
         for sigma in (0.05, 0.15, 0.3, 1.0, 3.0):
             x = mean + math.sqrt(std**2 + sigma**2) * torch.randn(4000, 2)  # x̃ ~ p_σ
