@@ -228,6 +228,7 @@ def main(out: Path) -> None:
     finally:
         vars(checkpoint_module).pop("open", None)
     (out / f"asserts_passed_rank{rank}").touch()
+    del trainer, resumed  # their DDP wrappers must not outlive the process group (see D.shutdown)
     D.shutdown()
 
 
