@@ -175,7 +175,10 @@ class StopSignals:
     A second Ctrl-C more than two seconds after the first stops at once (``KeyboardInterrupt``): launchers such
     as torchrun forward the terminal's SIGINT, so one key press can arrive twice within a moment. Handlers are
     installed only in the main thread (Python's rule) and the previous ones are restored on exit;
-    :meth:`forward` passes the signal on to the previous handler (submitit's requeue on its USR2).
+    :meth:`forward` passes the signal on to the previous handler (submitit's requeue on its USR2). A signal the
+    process was started with ignored stays ignored, as Python itself does for SIGINT: a shell starts a background
+    job (``cmd &``) with SIGINT ignored, so a Ctrl-C meant for the foreground does not stop it; ``nohup`` does
+    the same for SIGHUP.
     """
 
     def __init__(self, names: Sequence[str]):
@@ -193,7 +196,8 @@ class StopSignals:
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
             for number in self.signals:
-                self._previous[number] = signal.signal(number, self._handle)
+                if signal.getsignal(number) is not signal.SIG_IGN:
+                    self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -79,8 +79,10 @@ def interrupt_at(run_dir: Path, signum: int, after_step: int) -> tuple[subproces
     """Start training, send ``signum`` once ``after_step`` steps are logged; returns the process and the last
     step logged before the signal was sent (every step up to it was complete)."""
     argv, env = console_command([*TRAIN, f"hydra.run.dir={run_dir}"])
+    # a terminal's foreground job: SIGINT at its default (the suite itself may run in the background, where a
+    # child would inherit SIGINT ignored and, rightly, keep training)
     proc = subprocess.Popen(argv, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while (logged := last_logged_step(run_dir)) < after_step:
         assert proc.poll() is None, proc.communicate()
@@ -211,8 +213,16 @@ def test_stop_signal_names_are_checked():
         make_trainer(Path("unused"), steps=3, stop_signals=["SIGNOPE"])
 
 
-def test_a_second_ctrl_c_stops_at_once_but_a_duplicate_does_not():
-    before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN in a job started in the background
+@pytest.fixture
+def sigint_handler():
+    """Set SIGINT's handler for one test (the suite may run in a background job, where SIGINT is ignored)."""
+    original = signal.getsignal(signal.SIGINT)
+    yield lambda handler: signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, original)
+
+
+def test_a_second_ctrl_c_stops_at_once_but_a_duplicate_does_not(sigint_handler):
+    sigint_handler(signal.default_int_handler)  # what an interactive Python process has
     with StopSignals(["SIGINT"]) as stop:
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)  # torchrun forwards the terminal's SIGINT: the same key press twice
@@ -220,7 +230,19 @@ def test_a_second_ctrl_c_stops_at_once_but_a_duplicate_does_not():
         stop._received_at -= 3.0  # a real second press, seconds later
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before  # the handler the process had, restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler the process had, restored
+
+
+def test_a_signal_the_process_ignores_stays_ignored(sigint_handler):
+    # a background job (`dae-gen-train ... &`): the terminal's Ctrl-C is for the foreground, not for this run
+    sigint_handler(signal.SIG_IGN)
+    with StopSignals(["SIGINT", "SIGTERM"]) as stop:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received is None
+        os.kill(os.getpid(), signal.SIGTERM)  # still a stop signal
+        assert stop.received == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 # -- unreadable checkpoints ----------------------------------------------------------------------------

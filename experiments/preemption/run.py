@@ -81,7 +81,9 @@ def identical(a: dict, b: dict) -> bool:
 
 def kill_at(cmd: list[str], run_dir: Path, signum: int, target: int, *, timeout: float = 300) -> dict:
     """Launch ``cmd``; once ``target`` steps are logged send ``signum``; wait for the process to end."""
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default, as in a terminal's foreground job (a background job ignores it, and so does the run)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     while (logged := logged_steps(run_dir)) == [] or logged[-1] < target:
         if proc.poll() is not None:
