@@ -1,8 +1,8 @@
 """bf16 autocast against fp32 on the published networks: losses, parameter gradients and scores on a fixed batch.
 
     python experiments/bench/precision.py                          # every case below -> records/precision.json
-    python experiments/bench/precision.py --only mdsm_fmnist main_job
-    python experiments/bench/precision.py --only main_job --run outputs/my_run   # trained weights of a run
+    python experiments/bench/precision.py --only mdsm_fmnist ncsn_digits
+    python experiments/bench/precision.py --only ncsn_digits --run outputs/my_run   # trained weights of a run
     python experiments/bench/precision.py --table                  # the README's table from the record
     python experiments/bench/precision.py --heldout RUN_FP32 RUN_BF16  # held-out loss (fp32) of two trained runs
 
@@ -44,7 +44,7 @@ CASES = {
     "mdsm_digits": (["experiment=mdsm_digits"], "sigma0"),
     "ddegen_celeba32": (["experiment=ddegen_celeba32"], "sigma0"),
     "dde_digits": (["experiment=dde_digits"], "sigma0"),
-    "main_job": ([], "levels"),
+    "ncsn_digits": (["experiment=ncsn_digits"], "levels"),  # the default composition (no preset)
     "edm_fmnist_cpu": (["experiment=edm_fmnist_cpu"], "heun"),
     "ncsn_fmnist_cpu": (["experiment=ncsn_fmnist_cpu"], "levels"),
     "dae_fmnist": (["experiment=dae_fmnist"], "levels"),

@@ -111,7 +111,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with initialize_config_module(config_module="dae_gen.configs", version_base="1.3"):
         cfg = compose(config_name="train", overrides=args.overrides)
-    name = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("experiment=")), "main_job")
+    name = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("experiment=")), "ncsn_digits")
     out = args.out or HERE / "records" / f"track_{name}{'_bf16' if cfg.trainer.amp == 'bf16' else ''}.json"
     data = instantiate(cfg.dataset)
     held_out = instantiate({**cfg.dataset, "split": "test"}) if "split" in cfg.dataset else data

@@ -24,7 +24,8 @@ BENCH = [os.path.join(os.path.dirname(sys.executable), "dae-gen-bench")]
 #: name: dae-gen-bench arguments. The published presets at their own batch sizes; their full runs are GPU jobs,
 #: so one timed step per round is enough on a CPU.
 PRESETS = {
-    "main_job": [],
+    "main_job": ["experiment=edm_digits"],
+    "ncsn_digits": ["experiment=ncsn_digits"],  # the default composition (dae-gen-train with no preset)
     "ncsn_fmnist_cpu": ["experiment=ncsn_fmnist_cpu"],
     "ncsn_cifar10": ["experiment=ncsn_cifar10"],
     "ncsnv2_cifar10": ["experiment=ncsnv2_cifar10"],
@@ -36,9 +37,9 @@ PRESETS = {
 }
 #: name: an interleaved A/B comparison (ratios in the record).
 COMPARISONS = {
-    "threads_main_job": ["compare=threads", "values=[1,2]"],
+    "threads_main_job": ["experiment=edm_digits", "compare=threads", "values=[1,2]"],
     "threads_mdsm_fmnist": ["experiment=mdsm_fmnist", "compare=threads", "values=[1,2]"],
-    "channels_last_main_job": ["compare=model.net.channels_last", "values=[false,true]"],
+    "channels_last_main_job": ["experiment=edm_digits", "compare=model.net.channels_last", "values=[false,true]"],
     "channels_last_mdsm_fmnist": ["experiment=mdsm_fmnist", "compare=model.net.channels_last",
                                   "values=[false,true]", "bench.sample=false"],
     "compile_ncsn_fmnist_cpu": ["experiment=ncsn_fmnist_cpu", "compare=trainer.compile", "values=[false,true]",
@@ -52,10 +53,15 @@ COMPARISONS = {
                               "bench.sample=false", "threads=1", "bench.rounds=7"],
     "amp_sampler_mdsm_digits": ["experiment=mdsm_digits", "compare=sampler.amp", "values=[none,bf16]",
                                 "bench.train=false", "threads=1", "bench.rounds=7"],
-    "amp_train_main_job": ["compare=trainer.amp", "values=[none,bf16]", "bench.sample=false", "threads=1",
-                           "bench.rounds=7"],
-    "amp_sampler_main_job": ["compare=sampler.amp", "values=[none,bf16]", "bench.train=false", "threads=1",
-                             "bench.rounds=7"],
+    "amp_train_main_job": ["experiment=edm_digits", "compare=trainer.amp", "values=[none,bf16]",
+                           "bench.sample=false", "threads=1", "bench.rounds=7"],
+    "amp_sampler_main_job": ["experiment=edm_digits", "compare=sampler.amp", "values=[none,bf16]",
+                             "bench.train=false", "threads=1", "bench.rounds=7"],
+    # the NCSN digits U-Net (the default composition; the main job until issue 11)
+    "amp_train_ncsn_digits": ["experiment=ncsn_digits", "compare=trainer.amp", "values=[none,bf16]",
+                              "bench.sample=false", "threads=1", "bench.rounds=7"],
+    "amp_sampler_ncsn_digits": ["experiment=ncsn_digits", "compare=sampler.amp", "values=[none,bf16]",
+                                "bench.train=false", "threads=1", "bench.rounds=7"],
     "amp_train_edm_fmnist_cpu": ["experiment=edm_fmnist_cpu", "compare=trainer.amp", "values=[none,bf16]",
                                  "bench.sample=false", "threads=1", "bench.rounds=7"],
     "amp_sampler_edm_fmnist_cpu": ["experiment=edm_fmnist_cpu", "compare=sampler.amp", "values=[none,bf16]",
