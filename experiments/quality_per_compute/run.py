@@ -37,6 +37,8 @@ METHODS = {
     "fmnist": {
         "ncsn": ["experiment=ncsn_fmnist_cpu"],
         "edm": ["experiment=edm_fmnist_cpu"],
+        # the same preset trained and sampled under bf16 autocast (AMX on this CPU), for the same CPU-minutes
+        "edm_bf16": ["experiment=edm_fmnist_cpu", "trainer.amp=bf16", "sampler.amp=bf16"],
         "mdsm": ["experiment=mdsm_fmnist", "dataset=fashion_mnist", "model.net.n_blocks=4", "model.net.channels=16",
                  "trainer.batch_size=64", "trainer.ckpt_every=500", "trainer.sample_every=0", "threads=1"],
         "ddegen": ["experiment=ddegen_digits", "dataset=fashion_mnist", "model.latent_dim=32", "trainer.batch_size=64",
@@ -64,6 +66,10 @@ TABLE = {
         ("ncsn", "pc (own 10 levels)", "pc", {}),
         ("ncsn", "heun 18", "heun", {"n_steps": 18}),
         *EDM_ROWS,
+        # bf16: the fp32 model sampled in bf16; the bf16-trained model sampled in bf16 (its preset) and in fp32
+        ("edm", "heun 18, bf16 sampling", "heun", {"n_steps": 18, "amp": "bf16"}),
+        ("edm_bf16", "heun 18 (preset, bf16 sampling)", None, {}),
+        ("edm_bf16", "heun 18, fp32 sampling", "heun", {"n_steps": 18, "amp": "none"}),
         ("mdsm", "temperature_langevin 300", "temperature_langevin",
          {"n_steps_hot": 50, "n_steps_anneal": 200, "n_steps_cool": 50}),
         ("mdsm", "heun 18", "heun", {"n_steps": 18}),
@@ -93,8 +99,10 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
+    from dae_gen.cli.common import open_sampler_overrides  # sampler.KEY=VALUE as dae-gen-train takes it
+
     with initialize_config_module(config_module="dae_gen.configs", version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
+        return hydra_compose(config_name="train", overrides=open_sampler_overrides(overrides))
 
 
 def common_overrides() -> list[str]:
