@@ -226,7 +226,7 @@ def table(dataset: str, *, out: Path, n: int, methods: list[str]) -> None:
             continue
         run = load_run(run_dir)
         evaluator = evaluator or Evaluator(run, cache_dir=CACHE)
-        grid = out / "grids" / f"{dataset}_{method}_{re.sub(r'[^A-Za-z0-9.]+', '_', label.split(' (')[0])}.png"
+        grid = out / "grids" / f"{dataset}_{method}_{re.sub(r'[^A-Za-z0-9.-]+', '_', label.split(' (')[0])}.png"
         row = {"method": method, "label": label, **sample_and_score(run, evaluator, sampler, overrides, n=n, grid=grid),
                "grid": str(grid.relative_to(out)), "train": json.loads((run_dir / "train.json").read_text())}
         save_results(path, load_results(path) + [row])  # re-read: a second process may fill other methods' rows
