@@ -35,6 +35,15 @@ PRESETS = {
     "ddegen_celeba32": ["experiment=ddegen_celeba32"],
     "dae_fmnist": ["experiment=dae_fmnist"],
 }
+def amp_comparisons(name: str, *, rounds: int, preset: str | None = None, sampler_extra=()) -> dict[str, list[str]]:
+    """``amp_train_<name>`` and ``amp_sampler_<name>``: fp32 against bf16 autocast on one thread, for the trainer's
+    step and the sampler's step of ``preset`` (default: ``name``), each timed on its own."""
+    head, tail = [f"experiment={preset or name}"], ["threads=1", f"bench.rounds={rounds}"]
+    return {f"amp_train_{name}": [*head, "compare=trainer.amp", "values=[none,bf16]", "bench.sample=false", *tail],
+            f"amp_sampler_{name}": [*head, "compare=sampler.amp", "values=[none,bf16]", "bench.train=false",
+                                    *sampler_extra, *tail]}
+
+
 #: name: an interleaved A/B comparison (ratios in the record).
 COMPARISONS = {
     "threads_main_job": ["experiment=edm_digits", "compare=threads", "values=[1,2]"],
@@ -45,27 +54,12 @@ COMPARISONS = {
     "compile_ncsn_fmnist_cpu": ["experiment=ncsn_fmnist_cpu", "compare=trainer.compile", "values=[false,true]",
                                 "threads=1"],
     # bf16 autocast (dae_gen.precision), one thread: the trainer's precision and the sampler's, each on its own
-    "amp_train_mdsm_fmnist": ["experiment=mdsm_fmnist", "compare=trainer.amp", "values=[none,bf16]",
-                              "bench.sample=false", "threads=1", "bench.rounds=5"],
-    "amp_sampler_mdsm_fmnist": ["experiment=mdsm_fmnist", "compare=sampler.amp", "values=[none,bf16]",
-                                "bench.train=false", "bench.sample_batch=64", "threads=1", "bench.rounds=5"],
-    "amp_train_mdsm_digits": ["experiment=mdsm_digits", "compare=trainer.amp", "values=[none,bf16]",
-                              "bench.sample=false", "threads=1", "bench.rounds=7"],
-    "amp_sampler_mdsm_digits": ["experiment=mdsm_digits", "compare=sampler.amp", "values=[none,bf16]",
-                                "bench.train=false", "threads=1", "bench.rounds=7"],
-    "amp_train_main_job": ["experiment=edm_digits", "compare=trainer.amp", "values=[none,bf16]",
-                           "bench.sample=false", "threads=1", "bench.rounds=7"],
-    "amp_sampler_main_job": ["experiment=edm_digits", "compare=sampler.amp", "values=[none,bf16]",
-                             "bench.train=false", "threads=1", "bench.rounds=7"],
+    **amp_comparisons("mdsm_fmnist", rounds=5, sampler_extra=["bench.sample_batch=64"]),
+    **amp_comparisons("mdsm_digits", rounds=7),
+    **amp_comparisons("main_job", preset="edm_digits", rounds=7),
     # the NCSN digits U-Net (the default composition; the main job until issue 11)
-    "amp_train_ncsn_digits": ["experiment=ncsn_digits", "compare=trainer.amp", "values=[none,bf16]",
-                              "bench.sample=false", "threads=1", "bench.rounds=7"],
-    "amp_sampler_ncsn_digits": ["experiment=ncsn_digits", "compare=sampler.amp", "values=[none,bf16]",
-                                "bench.train=false", "threads=1", "bench.rounds=7"],
-    "amp_train_edm_fmnist_cpu": ["experiment=edm_fmnist_cpu", "compare=trainer.amp", "values=[none,bf16]",
-                                 "bench.sample=false", "threads=1", "bench.rounds=7"],
-    "amp_sampler_edm_fmnist_cpu": ["experiment=edm_fmnist_cpu", "compare=sampler.amp", "values=[none,bf16]",
-                                   "bench.train=false", "threads=1", "bench.rounds=7"],
+    **amp_comparisons("ncsn_digits", rounds=7),
+    **amp_comparisons("edm_fmnist_cpu", rounds=7),
 }
 
 
