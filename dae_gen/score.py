@@ -14,7 +14,8 @@ log-density).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -22,9 +23,35 @@ from torch import Tensor
 
 #: ``score(x, sigma)``: ``(B, ...)``, ``(B,)`` → ``(B, ...)``.
 Score = Callable[[Tensor, Tensor], Tensor]
-#: Sampler progress: called once per step with a dict holding at least ``i`` (1-based) and ``n`` (total steps),
-#: and tensors such as ``x``. Tensors, never floats: a host sync per step would stall a GPU chain.
-Callback = Callable[[dict], None] | None
+#: Conditioning passed through untouched to ``score(x, sigma, **cond)``: keyword tensors with a leading batch
+#: dimension, e.g. ``{"class_labels": labels}`` (k-diffusion's ``extra_args``).
+Cond = Mapping[str, Tensor]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One sampler step as a callback sees it. Tensors, never floats: a host sync per step would stall a GPU chain.
+
+    i:         the step, counted from 1.
+    n:         the number of steps, or None where it is not known in advance (an adaptive ODE solver).
+    x:         the chain's state after the step, ``(B, ...)``.
+    sigma:     the noise level of ``x`` (``(B,)`` or a scalar tensor), where the sampler has one.
+    denoised:  the denoiser's estimate ``E[x_0 | x]`` computed in the step, where the sampler computes it.
+    batch:     which batch of a multi-batch draw the step belongs to.
+    extras:    sampler-specific tensors (``grad``, ``temperature``, ``nfe``, ...).
+    """
+
+    i: int
+    n: int | None
+    x: Tensor
+    sigma: Tensor | None = None
+    denoised: Tensor | None = None
+    batch: int = 0
+    extras: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+#: Sampler progress: called once per step with a :class:`Step`.
+Callback = Callable[[Step], None] | None
 
 
 @runtime_checkable

@@ -1,0 +1,209 @@
+"""``dae-gen-eval``: how close a run's samples are to its data, written to ``eval.json``.
+
+Image data: FID and KID against cached Inception statistics of a dataset split (``split=test`` by default, held
+out from training). 2-D data: sliced Wasserstein distance, MMD and mode weights against fresh exact samples
+of the training distribution, next to the same numbers for two exact sets (the floor at this sample size).
+
+Examples::
+
+    dae-gen-eval run=outputs/my_run n_samples=10000                    # sample with the run's sampler
+    dae-gen-eval run=outputs/my_run/checkpoints/ckpt_00002000.pt sampler.n_steps_each=5 split=train
+    dae-gen-eval samples=outputs/my_run/samples_cli/x/samples.npz      # saved samples (their record names the run)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dae_gen.benchmark import sampler_workload
+from dae_gen.checkpoint import load_checkpoint
+from dae_gen.cli.common import (
+    CONFIG_PATH,
+    building,
+    check_positive,
+    check_threads,
+    check_values,
+    cli_sampler,
+    explicit_output_dir,
+    new_output_dir,
+    reports_user_errors,
+    run_cli,
+    run_folder,
+    set_threads,
+)
+from dae_gen.data.base import DataInfo
+from dae_gen.distributed import resolve_device
+from dae_gen.errors import ConfigError, DataError, SamplingDiverged
+from dae_gen.metrics.evaluate import dataset_reference, evaluate_samples
+from dae_gen.metrics.inception import InceptionFeatures, quantize, resolve_weights_path
+from dae_gen.metrics.toy import compare_with_exact
+from dae_gen.precision import driver_amp, resolve_amp
+from dae_gen.run import load_run
+from dae_gen.samplers.batches import count_nonfinite, draw_samples
+from dae_gen.samplers.nfe import CountingModel
+
+log = logging.getLogger("dae_gen.cli")
+#: Types of the top-level keys of configs/eval.yaml.
+EVAL_KEYS = {"out": str | None, "n_samples": int, "batch_size": int, "seed": int, "use_ema": bool, "split": str,
+             "n_reference": int | None, "kid_subset_size": int, "device": str}
+
+
+def load_samples_file(path: str | Path) -> dict[str, Any]:
+    """The arrays of a ``dae-gen-sample save_npz=true`` file (read without unpickling) and its ``record``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"samples={path}: no such file (expected a .npz written by dae-gen-sample save_npz=true)")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+    except Exception as err:  # not a zip, truncated, pickled objects
+        raise DataError(f"samples={path}: not a readable .npz of arrays ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else 'corrupt'}); expected a file written by "
+                        "dae-gen-sample save_npz=true") from err
+    if "samples" not in arrays and "images_uint8" not in arrays:
+        raise DataError(f"samples={path} holds neither 'samples' nor 'images_uint8' (found {sorted(arrays)}); write "
+                        "it with dae-gen-sample save_npz=true")
+    record = {}
+    if "record" in arrays:
+        try:
+            record = json.loads(str(arrays["record"]))
+        except ValueError as err:
+            raise DataError(f"samples={path}: its 'record' is not JSON ({err})") from err
+    return {**arrays, "record": record}
+
+
+def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
+    """Draw (or load) samples, compare them with the data, write ``eval.json`` into ``out_dir`` (default: beside
+    the run) and return the result."""
+    check_values(cfg, EVAL_KEYS)
+    check_positive(cfg, "n_samples", "batch_size", "kid_subset_size")
+    check_threads(cfg.get("threads"))
+    if cfg.run is None and cfg.samples is None:
+        raise ConfigError("give run=<run dir or checkpoint> (to sample) and/or samples=<file.npz> (to evaluate)")
+    device = torch.device(resolve_device(cfg.device))
+    started = time.perf_counter()
+    run, stored, sampler_settings = None, None, None
+    if cfg.samples is not None:
+        stored = load_samples_file(cfg.samples)
+    source = cfg.run if cfg.run is not None else stored["record"].get("checkpoint")  # the run behind the samples
+    if cfg.samples is None:
+        run = load_run(str(cfg.run), device=device, use_ema=cfg.use_ema)
+        run_config, step, info = run.config, run.step, run.data
+    elif source is not None:
+        run_config = OmegaConf.create(load_checkpoint(source)["config"])
+        step = stored["record"].get("step", int(stored["step"]) if "step" in stored else None)
+        info = DataInfo.from_dict(OmegaConf.to_container(run_config.data_info)) if "data_info" in run_config else None
+    else:
+        run_config, step, info = None, int(stored["step"]) if "step" in stored else None, None
+    dataset_cfg = cfg.dataset if cfg.dataset is not None else (run_config.dataset if run_config is not None else None)
+    if dataset_cfg is None:
+        raise ConfigError("evaluating an .npz without a run needs the reference data: pass dataset={_target_: ...} "
+                          "or run=<the run that made the samples>")
+    dataset_cfg = OmegaConf.to_container(dataset_cfg, resolve=True)
+    if info is None or cfg.dataset is not None:  # learn the kind of data the samples are
+        with building("dataset"):
+            info = instantiate(dataset_cfg).info
+    if run is not None:
+        sampler, sampler_settings = cli_sampler(run, cfg.get("sampler"))
+        set_threads(cfg.get("threads"), device=device, workload=sampler_workload(
+            sampler, run.model, batch=min(int(cfg.batch_size), int(cfg.n_samples))))
+        counted = CountingModel(run.model)
+        samples = draw_samples(counted, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
+                               progress=True, require_finite=True)
+        nfe = counted.nfe_per_image(cfg.n_samples)
+        amp = resolve_amp(driver_amp(sampler), device, warn=False)
+    else:
+        set_threads(cfg.get("threads"), device=device)  # nothing to probe: threads=K, else 1 thread
+        samples = torch.from_numpy(stored["samples"]) if "samples" in stored else None
+        if samples is not None and (bad := count_nonfinite(samples)):
+            raise SamplingDiverged(f"{bad} of {len(samples)} samples in {cfg.samples} are not finite (NaN or inf)")
+        sampler_settings = stored["record"].get("sampler")
+        nfe = stored["record"].get("nfe_per_image")
+        amp = stored["record"].get("amp")
+    if info.kind == "points":
+        if samples is None:
+            raise DataError(f"samples={cfg.samples} holds no 'samples' array for the 2-D data {info.name}")
+        with building("dataset"):
+            data = instantiate(dataset_cfg)
+        metrics = {"metric": "toy", **compare_with_exact(samples, data, n_reference=cfg.n_reference, seed=cfg.seed)}
+        reference = f"{metrics['n_reference']} exact samples of {info.name}"
+    else:
+        metrics, reference = image_metrics(cfg, dataset_cfg, samples, stored, device)
+    result = {**metrics, "step": step, "run": None if source is None else str(source), "samples": cfg.samples,
+              "sampler": sampler_settings, "amp": amp, "nfe_per_image": nfe, "seed": cfg.seed,
+              "use_ema": cfg.use_ema if run is not None else None,
+              "seconds": time.perf_counter() - started}
+    if out_dir is None:
+        beside = Path(run_folder(str(source), "")) if source is not None else Path(str(cfg.samples)).parent
+        out_dir = new_output_dir(beside / "eval")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    log.info("%s -> %s", summary(result, reference), out_dir / "eval.json")
+    return result
+
+
+def image_metrics(cfg: DictConfig, dataset_cfg: dict, samples: torch.Tensor | None, stored: dict | None,
+                  device: torch.device) -> tuple[dict, str]:
+    """FID and KID of image samples against the Inception statistics of the reference split."""
+    try:
+        resolve_weights_path(cfg.weights_path)
+    except FileNotFoundError as err:
+        raise ConfigError(f"weights_path: {err}") from err
+    with building("dataset"):
+        try:
+            data = instantiate({**dataset_cfg, "split": cfg.split})
+        except TypeError as err:
+            raise ConfigError(f"split={cfg.split}: {dataset_cfg['_target_']} takes no split ({err})") from err
+    if samples is not None:
+        images = quantize(data.to_unit(samples))
+    elif "images_uint8" in stored:
+        images = torch.from_numpy(stored["images_uint8"])
+    else:
+        raise DataError(f"samples={cfg.samples} holds no 'images_uint8' array; write it with dae-gen-sample "
+                        "save_npz=true from an image model")
+    if tuple(images.shape[1:]) != tuple(data.shape):
+        raise DataError(f"samples have shape {tuple(images.shape[1:])} but the reference images {tuple(data.shape)}")
+    extractor = InceptionFeatures(cfg.weights_path, device=device, progress=True)
+    reference = dataset_reference(data, split=cfg.split, n_reference=cfg.n_reference, seed=cfg.seed,
+                                  cache_dir=cfg.cache_dir, extractor=extractor)
+    metrics = evaluate_samples(images, reference=reference, extractor=extractor,
+                               kid_subset_size=min(cfg.kid_subset_size, len(images), reference.n), seed=cfg.seed)
+    return ({"metric": "fid", **metrics, "n_reference": reference.n, "reference": reference.key, "split": cfg.split},
+            f"{reference.n} images of {data.name}")
+
+
+def summary(result: dict, reference: str) -> str:
+    if result["metric"] == "fid":
+        return (f"FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ± {result['kid_std']:.5f} "
+                f"({result['n']} samples vs {reference}; compare FIDs at equal N only)")
+    text = (f"sliced W2 {result['sliced_wasserstein']:.4f} (exact vs exact: "
+            f"{result['baseline']['sliced_wasserstein']:.4f}), MMD² {result['mmd']:.5f} (exact vs exact: "
+            f"{result['baseline']['mmd']:.5f})")
+    if "mode_weights" in result:
+        text += f", mode weights {result['mode_weights']}, outliers {result['outliers']:.3f}"
+    return f"{text} ({result['n']} samples vs {reference})"
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
+@reports_user_errors
+def app(cfg: DictConfig) -> None:
+    evaluate(cfg, explicit_output_dir(cfg))
+
+
+def main() -> None:
+    run_cli(app, "dae-gen-eval")
+
+
+if __name__ == "__main__":
+    main()

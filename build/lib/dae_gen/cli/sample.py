@@ -1,0 +1,126 @@
+"""``dae-gen-sample``: draw samples from a trained run; write a grid, a record of the exact settings, and
+optionally an ``.npz``.
+
+Examples::
+
+    dae-gen-sample run=outputs/2026-11-24/12-00-00 n_samples=64
+    dae-gen-sample run=outputs/my_run/checkpoints/ckpt_00002000.pt sampler.n_steps_each=20 save_npz=true
+    dae-gen-sample run=outputs/my_run sampler=temperature_langevin sampler.n_steps_hot=50   # another sampler
+    dae-gen-sample run=outputs/my_run task=inpaint inpaint.mask=centre   # image tasks: see dae_gen.cli.tasks
+
+Nothing is written until every sample is drawn and finite; the folder (``out``, default
+``<run>/samples_cli/<date_time>``) then gets ``samples.png``, ``sample.json`` and, with ``save_npz=true``,
+``samples.npz`` holding the same record under the key ``record`` (a JSON string).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from dae_gen.benchmark import sampler_workload
+from dae_gen.cli.common import (
+    CONFIG_PATH,
+    check_positive,
+    check_threads,
+    check_values,
+    cli_sampler,
+    command_line,
+    explicit_output_dir,
+    new_output_dir,
+    reports_user_errors,
+    run_cli,
+    sampler_label,
+    set_threads,
+)
+from dae_gen.metrics.inception import quantize
+from dae_gen.precision import resolve_amp
+from dae_gen.run import Run, load_run
+from dae_gen.samplers.batches import draw_samples
+from dae_gen.samplers.nfe import CountingModel
+
+log = logging.getLogger("dae_gen.cli")
+RECORD_FILE = "sample.json"
+#: Types of the top-level keys of configs/sample.yaml.
+SAMPLE_KEYS = {"out": str | None, "n_samples": int, "batch_size": int, "seed": int, "use_ema": bool,
+               "save_npz": bool, "device": str, "task": str}
+
+
+def sampling_record(run: Run, settings: dict[str, Any], *, seed: int, n_samples: int, batch_size: int,
+                    nfe_per_image: float | None = None, command: str | None = None) -> dict[str, Any]:
+    """What a set of samples came from, enough to draw it again: run, checkpoint, step, weights, sampler, seeds;
+    the precision its network calls ran at (``amp``: ``bf16`` or ``none``, after the device's fall-back; the
+    sampler's ``amp`` setting is what was asked); and what they cost (network calls per image)."""
+    from dae_gen import __version__
+
+    return {"run": str(run.path), "checkpoint": str(run.checkpoint), "step": run.step, "use_ema": run.use_ema,
+            "sampler": {k: v for k, v in settings.items() if k != "_partial_"}, "seed": seed,
+            "n_samples": n_samples, "batch_size": batch_size, "seeding": "batch k uses seed + k",
+            "amp": resolve_amp(settings.get("amp", "none"), run.device, warn=False),
+            "nfe_per_image": nfe_per_image,
+            "data": run.data.as_dict(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command,
+            "dae_gen": __version__}
+
+
+def sample(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
+    """Draw ``cfg.n_samples`` from ``cfg.run``; write them into ``out_dir`` (default: beside the run); return it."""
+    check_values(cfg, SAMPLE_KEYS)
+    check_positive(cfg, "n_samples", "batch_size")
+    check_threads(cfg.get("threads"))
+    run = load_run(str(cfg.run), device=cfg.device, use_ema=cfg.use_ema)
+    sampler, settings = cli_sampler(run, cfg.get("sampler"))
+    set_threads(cfg.get("threads"), device=run.device, workload=sampler_workload(
+        sampler, run.model, batch=min(int(cfg.batch_size), int(cfg.n_samples))))
+    if cfg.get("task", "sample") != "sample":  # inpaint | interpolate | trajectory | denoise
+        from dae_gen.cli.tasks import run_task
+
+        out_dir = Path(out_dir) if out_dir is not None else new_output_dir(run.path / "samples_cli")
+        picture = run_task(run, cfg, sampler, out_dir)
+        log.info("task=%s of %s (step %d, %s) written to %s", cfg.task, run.checkpoint, run.step,
+                 sampler_label(settings), picture)
+        return picture
+    counted = CountingModel(run.model)
+    samples = draw_samples(counted, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
+                           progress=True, require_finite=True)
+    record = sampling_record(run, settings, seed=cfg.seed, n_samples=cfg.n_samples, batch_size=cfg.batch_size,
+                             nfe_per_image=counted.nfe_per_image(cfg.n_samples),
+                             command=command_line("dae-gen-sample"))
+    out_dir = Path(out_dir) if out_dir is not None else new_output_dir(run.path / "samples_cli")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = f"{type(run.model).__name__} · {sampler_label(settings)} · step {run.step}"
+    written = [run.save_grid(samples, out_dir / "samples.png", title=title)]
+    (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    written.append(out_dir / RECORD_FILE)
+    if cfg.save_npz:
+        payload = {"samples": samples.numpy(), "step": np.int64(run.step), "seed": np.int64(cfg.seed),
+                   "nfe_per_image": np.float64(record["nfe_per_image"]),
+                   "record": np.array(json.dumps(record, default=str))}
+        if run.data.kind == "image":
+            payload["images_uint8"] = quantize(run.to_unit(samples)).numpy()
+        np.savez_compressed(out_dir / "samples.npz", **payload)
+        written.append(out_dir / "samples.npz")
+    log.info("%d samples of %s (step %d, %s weights, %s, seed %d) written to %s: %s", cfg.n_samples,
+             run.checkpoint, run.step, "EMA" if run.use_ema else "raw", sampler_label(settings), cfg.seed, out_dir,
+             ", ".join(p.name for p in written))
+    return out_dir
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")
+@reports_user_errors
+def app(cfg: DictConfig) -> None:
+    sample(cfg, explicit_output_dir(cfg))
+
+
+def main() -> None:
+    run_cli(app, "dae-gen-sample")
+
+
+if __name__ == "__main__":
+    main()

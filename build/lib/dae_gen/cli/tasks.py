@@ -1,0 +1,116 @@
+"""``dae-gen-sample task=...``: the image tasks of ``dae_gen.samplers.tasks`` on a trained run, written as pictures
+and an ``.npz`` into the sample folder. The sampler is the command line's (the run's own by default)::
+
+    dae-gen-sample run=outputs/my_run task=inpaint inpaint.mask=centre
+    dae-gen-sample run=outputs/my_run task=interpolate interpolate.n_rows=4 ++sampler.n_steps_each=20
+    dae-gen-sample run=outputs/my_run task=trajectory trajectory.n_frames=12
+    dae-gen-sample run=outputs/my_run task=denoise denoise.sigmas=[0.1,0.5,1.0]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dae_gen.errors import ConfigError
+from dae_gen.metrics.inception import quantize
+from dae_gen.run import Run
+from dae_gen.samplers.tasks import (
+    denoise_at_levels,
+    inpaint,
+    inpainting_mask,
+    interpolate,
+    record_trajectory,
+)
+
+TASKS = ("sample", "inpaint", "interpolate", "trajectory", "denoise")
+
+
+def _scale(run: Run) -> int:
+    """Enlarge small images to about 64 pixels a side, as sample grids do."""
+    return max(1, 64 // run.data.shape[-1])
+
+
+def _need_images(run: Run, task: str) -> None:
+    if run.data.kind != "image":
+        raise ConfigError(f"task={task} makes image pictures, but this run's data ({run.data.name}) is "
+                          f"{run.data.kind!r}: use task=sample, interpolate or trajectory")
+
+
+def _save_npz(run: Run, path: Path, **arrays) -> None:
+    """Raw tensors, the checkpoint's step, and for images a uint8 copy of ``samples`` as a PNG would hold it."""
+    payload = {key: value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+               for key, value in arrays.items()}
+    if run.data.kind == "image" and "samples" in arrays:
+        payload["samples_uint8"] = quantize(run.to_unit(arrays["samples"].detach().cpu())).numpy()
+    np.savez_compressed(path, step=np.int64(run.step), **payload)
+
+
+def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path) -> Path:
+    """Run ``cfg.task`` with the sampler driver ``sampler``; write ``<task>.png`` and ``<task>.npz`` (a trajectory
+    also ``trajectory.gif``) into ``out_dir``; return the picture's path."""
+    task = cfg.task
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
+    generator = torch.Generator(device=run.device).manual_seed(int(cfg.seed))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    picture = out_dir / f"{task}.png"
+    if task == "inpaint":
+        _need_images(run, task)
+        options = cfg.inpaint
+        images = run.data_examples(options.n_images, seed=cfg.seed)
+        mask = inpainting_mask(options.mask, run.data.shape, missing_fraction=options.missing_fraction,
+                               generator=torch.Generator().manual_seed(int(cfg.seed)))
+        samples = inpaint(run.model, images, mask, n_per_image=options.n_per_image, sampler=sampler,
+                          known_noise=options.known_noise, generator=generator).cpu()
+        from dae_gen.viz import save_inpainting_rows
+
+        save_inpainting_rows(images, mask, samples, picture, to_unit=run.to_unit, scale=_scale(run))
+        _save_npz(run, out_dir / "inpaint.npz", images=images, mask=mask, samples=samples)
+    elif task == "interpolate":
+        options = cfg.interpolate
+        rows = interpolate(run.model, options.n_rows, n_interpolations=options.n_interpolations, sampler=sampler,
+                           endpoints=options.endpoints, generator=generator).cpu()
+        if run.data.kind == "image":
+            from dae_gen.viz import save_image_rows
+
+            save_image_rows(rows, picture, to_unit=run.to_unit, scale=_scale(run))
+        else:
+            run.save_grid(rows.flatten(0, 1), picture, title="interpolation rows")
+        _save_npz(run, out_dir / "interpolate.npz", samples=rows)
+    elif task == "trajectory":
+        options = cfg.trajectory
+        steps = None if options.steps is None else list(OmegaConf.to_container(options.steps))
+        trajectory = record_trajectory(run.model, options.n_chains, sampler=sampler, steps=steps,
+                                       n_frames=options.n_frames, generator=generator)
+        frames = [*trajectory.frames, trajectory.samples.cpu()]  # the recorded steps, then the output
+        if run.data.kind == "image":
+            from dae_gen.viz import save_gif, save_trajectory_strip
+
+            save_trajectory_strip(frames, picture, to_unit=run.to_unit, scale=_scale(run))
+            if options.gif:
+                save_gif(frames, out_dir / "trajectory.gif", to_unit=run.to_unit, scale=_scale(run))
+        else:
+            run.save_grid(trajectory.samples.cpu(), picture, title="trajectory: final states")
+        _save_npz(run, out_dir / "trajectory.npz", steps=np.asarray(trajectory.steps, dtype=np.int64),
+                  frames=trajectory.frames, samples=trajectory.samples)
+    elif task == "denoise":
+        _need_images(run, task)
+        options = cfg.denoise
+        images = run.data_examples(options.n_images, seed=cfg.seed)
+        sigmas = None if options.sigmas is None else list(OmegaConf.to_container(options.sigmas))
+        result = denoise_at_levels(run.model, images, sigmas=sigmas, n_sigmas=options.n_sigmas, generator=generator)
+        noisy, denoised = result.noisy.cpu(), result.denoised.cpu()
+        # one row per image: clean | noisy and denoised at σ_1 | … | at σ_S
+        pairs = torch.stack([noisy, denoised], dim=1).flatten(0, 1).transpose(0, 1)  # (N, 2S, ...)
+        from dae_gen.viz import save_image_rows
+
+        save_image_rows(torch.cat([images.unsqueeze(1), pairs], dim=1), picture, to_unit=run.to_unit,
+                        scale=_scale(run))
+        _save_npz(run, out_dir / "denoise.npz", images=images, sigmas=result.sigmas, noisy=noisy, samples=denoised)
+    else:
+        raise ConfigError("task=sample draws samples; dae_gen.cli.sample handles it")
+    return picture

@@ -1,0 +1,243 @@
+"""``dae-gen-train``: train any method on any dataset; the run directory gets config, checkpoints, metrics, grids.
+
+Examples::
+
+    dae-gen-train                                   # NCSN score net on the 8×8 digits (CPU, minutes)
+    dae-gen-train experiment=mdsm_toy               # a preset
+    dae-gen-train experiment=ncsn_toy debug=default # the same, a few steps only
+    dae-gen-train hydra.run.dir=outputs/my_run      # same directory again: resumes its stored config
+    dae-gen-train run=outputs/my_run trainer.steps=6000   # resume with more steps (recorded in its history)
+    torchrun --standalone --nproc_per_node=2 -m dae_gen.cli.train trainer.batch_size=64
+
+A folder that holds a run is resumed with the config it stores; see :mod:`dae_gen.cli.resume` for what a
+command line may change. Everything is built and checked before the first write into the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dae_gen import distributed as D
+from dae_gen.benchmark import training_workload
+from dae_gen.checkpoint import latest_checkpoint, load_checkpoint
+from dae_gen.cli.common import (
+    CONFIG_PATH,
+    PROCESS_START,
+    building,
+    check_arguments,
+    check_positive,
+    check_threads,
+    check_values,
+    collected_log,
+    command_line,
+    reports_user_errors,
+    run_cli,
+    run_folder,
+    run_log,
+    sampler_label,
+    set_threads,
+)
+from dae_gen.cli.resume import (
+    LAUNCH_KEYS,
+    record_launch,
+    refuse_unsafe,
+    resumed_config,
+    stored_config,
+    write_config,
+)
+from dae_gen.errors import CheckpointError, ConfigError, DataError
+from dae_gen.precision import resolve_amp
+from dae_gen.run import build_sampler
+from dae_gen.run_dir import hold_run_dir
+from dae_gen.viz import reference_points, sample_saver
+
+log = logging.getLogger("dae_gen.cli")
+#: Types of the top-level keys of configs/train.yaml.
+TRAIN_KEYS = {"seed": int, "device": str}
+
+
+def plan(run_dir: Path, requested: dict, touched: Iterable[str] | None) -> tuple[dict, list, Path | None]:
+    """The config this launch trains with, what it changes in the stored one, and the checkpoint to resume.
+
+    A new folder: ``requested`` as given. A folder holding a run: its stored config with the ``touched`` keys
+    taken from ``requested``; changes that would alter what was trained are refused (ConfigError).
+    """
+    stored, checkpoint = stored_config(run_dir)
+    if stored is None:
+        return requested, [], None
+    config, changes = resumed_config(stored, requested, touched)
+    refuse_unsafe(changes, run_dir)
+    for key in ("data_shape", "data_info"):
+        if key in stored:
+            config[key] = stored[key]
+    return config, changes, checkpoint
+
+
+def train(cfg: DictConfig, run_dir: str | Path, *, touched: Iterable[str] | None = None,
+          command: str | None = None) -> dict[str, float]:
+    """Build data, model, sampler and trainer from a composed config and train in ``run_dir``.
+
+    If ``run_dir`` holds a run, resume it with its stored config (see :func:`plan`).
+    touched:  the keys this launch's command line sets (``None``: every key of ``cfg`` is compared).
+    command:  the command line recorded in ``config_history.jsonl``.
+    """
+    run_dir = Path(run_dir)
+    requested = OmegaConf.to_container(cfg, resolve=True)
+    for key in LAUNCH_KEYS:
+        requested.pop(key, None)
+    touched = None if touched is None else list(touched)
+    config, _, _ = plan(run_dir, requested, touched)  # read-only: which device to start on
+    device = D.init_distributed(config.get("device", "auto"))
+    with contextlib.ExitStack() as held:
+        with collected_log() as earlier:  # lines logged before train.log may be written: copied there after
+            # no other process may write here now (rank 0 holds the lock; a refusal ends every rank); released
+            # (removed) if anything fails
+            held.enter_context(hold_run_dir(run_dir))
+            config, changes, checkpoint = plan(run_dir, requested, touched)
+            trainer, config, start = build(config, run_dir=run_dir, device=device, checkpoint=checkpoint)
+        if start >= trainer.steps:
+            log.info("%s is already at trainer.steps=%d: nothing to train (raise trainer.steps to train on)",
+                     run_dir, start)
+            return {"step": float(start), "resumed": 1.0}
+        if not D.is_main_process():
+            return trainer.fit()
+        write_config(run_dir, config)
+        history = record_launch(run_dir, command=command or " ".join(sys.argv), step=start, changes=changes)
+        with run_log(run_dir, earlier):
+            if changes:
+                log.info("resuming %s with changes (recorded in %s): %s", run_dir, history.name,
+                         "; ".join(map(str, changes)))
+            return trainer.fit()
+
+
+def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, checkpoint: Path | None
+          ) -> tuple[Any, dict, int]:
+    """Check the config and build everything from it, nothing written: the trainer, the config to store (with
+    ``data_shape`` and ``data_info``) and the step it starts from (``checkpoint``'s, checked to fit, or 0)."""
+    check_values(config, TRAIN_KEYS)
+    check_arguments(config, skip=("sampler",))  # the sampler: by build_sampler, naming its settings
+    trainer_cfg = config["trainer"]
+    phase_lrs = [f"trainer.phase_lr.{phase}" for phase in trainer_cfg.get("phase_lr") or {}]
+    check_positive(config, "trainer.optimizer.lr", *phase_lrs)
+    check_threads(config.get("threads"))
+    with building("dataset"):
+        data = instantiate(config["dataset"])
+    info = data.info.as_dict()
+    if "data_info" in config and config["data_info"]["shape"] != info["shape"]:
+        raise DataError(f"the dataset now gives {info['name']} examples of shape {info['shape']}, but this run was "
+                        f"trained on {config['data_info']['name']} of shape {config['data_info']['shape']}")
+    config = {**config, "data_shape": list(data.shape), "data_info": info}  # so sampling never rebuilds the dataset
+    torch.manual_seed(config["seed"])  # the initial weights (the trainer also broadcasts rank 0's to every rank)
+    with building("model"):
+        model = instantiate(config["model"], data_shape=list(data.shape))
+    with building("sampler"):
+        sampler, settings = build_sampler(config["sampler"])
+        sampler(model, 0)  # an empty batch checks the sampler's values now rather than at the first grid
+    set_threads(config.get("threads"), device=device, workload=training_workload(
+        model, batch_size=int(trainer_cfg["batch_size"]), device=device,
+        amp=resolve_amp(trainer_cfg.get("amp", "none"), device, warn=False, where="trainer.amp")))
+    evaluator = None
+    if config.get("metrics"):
+        with building("metrics"):
+            evaluator = instantiate(config["metrics"])(data=data, sampler=sampler)
+    title = f"{type(model).__name__} · {sampler_label(settings)} · step {{step}}"
+    with building("trainer"):
+        make_trainer = instantiate(trainer_cfg)  # a partial; the objects below must not be re-instantiated
+        trainer = make_trainer(objective=model, data=data, run_dir=run_dir, sampler=sampler,
+                               save_samples=sample_saver(data.info, reference=reference_points(data), title=title),
+                               evaluator=evaluator, seed=config["seed"], device=device, run_config=config)
+    if checkpoint is None:
+        return trainer, config, 0
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    step = int(state["step"])
+    if trainer.steps < step:
+        raise ConfigError(f"trainer.steps={trainer.steps} is below this run's step {step} ({checkpoint}); give "
+                          f"trainer.steps > {step} to train on")
+    try:
+        trainer.load_state_dict(state)  # the resume must fit before anything is written
+    except CheckpointError as err:
+        raise CheckpointError(f"{checkpoint}: {err}") from err
+    return trainer, config, step
+
+
+def touched_keys(requested: DictConfig) -> set[str] | None:
+    """The config keys (subtrees) this launch's command line sets, from Hydra's record of its overrides.
+
+    ``key=value``: that key. A group whose package is its own key (``dataset=``, ``model=``, ``metrics=``...):
+    that whole subtree. A group of the global package (``experiment=``, ``debug=``) may set any key, so with one
+    the whole composed config is compared with the stored one (None).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_cfg = HydraConfig.get()
+    choices = hydra_cfg.runtime.choices
+    task = OmegaConf.to_container(hydra_cfg.overrides.task)
+    keys = set()
+    for override in OverridesParser.create().parse_overrides(task):
+        name = override.key_or_group
+        if name not in choices:
+            keys.add(name)
+        elif choices[name] is None or name in requested:  # its own subtree, or switched off (metrics=null)
+            keys.add(name)
+        elif "/" not in name:
+            return None
+    return keys
+
+
+def _remove_if_created(run_dir: Path) -> None:
+    """Remove ``run_dir`` if Hydra created it for this launch and it is still empty (a refused new run)."""
+    with contextlib.suppress(OSError):
+        if run_dir.is_dir() and run_dir.stat().st_ctime >= PROCESS_START - 1 and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
+@reports_user_errors
+def app(cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    created = run_dir.stat().st_ctime >= PROCESS_START - 1 and not any(run_dir.iterdir())
+    try:
+        if cfg.get("run") is not None:
+            check_run_argument(str(cfg.run), run_dir)
+        result = train(cfg, run_dir, touched=touched_keys(cfg), command=command_line("dae-gen-train"))
+    except BaseException:
+        if created:
+            _remove_if_created(run_dir)
+        raise
+    finally:
+        D.shutdown()
+    losses = [value for key, value in result.items() if key.startswith("loss/")]
+    return losses[-1] if losses else 0.0  # the value a --multirun sweeper optimises: the last phase's loss
+
+
+def check_run_argument(run: str, run_dir: Path) -> None:
+    """``run=`` names a run to resume: a run directory, or its newest checkpoint file."""
+    folder = Path(run_folder(run, ""))
+    if folder.resolve() != run_dir.resolve():
+        raise ConfigError(f"run={run} and hydra.run.dir={run_dir} name different folders; give one of them")
+    newest = latest_checkpoint(folder)
+    if newest is None:
+        raise ConfigError(f"run={run}: {folder} holds no checkpoint to resume (checkpoints/ckpt_<step>.pt); start "
+                          "a new run with hydra.run.dir=DIR instead")
+    if Path(run).is_file() and Path(run).resolve() != newest.resolve():
+        raise ConfigError(f"run={run}: training resumes from the run's newest checkpoint {newest}, not an older one; "
+                          "to branch from it, copy it into a new folder's checkpoints/ and train there")
+
+
+def main() -> None:
+    run_cli(app, "dae-gen-train")
+
+
+if __name__ == "__main__":
+    main()

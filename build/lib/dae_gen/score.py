@@ -1,0 +1,112 @@
+"""The score protocol (DESIGN.md §2): the one seam between trained models and samplers.
+
+A score model is anything with ``score(x, sigma) -> ∇_x log p_σ(x)`` (shape of ``x``; ``x`` is ``(B, ...)``,
+``sigma`` a tensor ``(B,)``), its descending noise levels ``sigmas``, the shape of one example ``data_shape``,
+and ``reference_sigma``: the noise level at which its score is closest to the data's own (σ₀ for the annealed-DSM
+energy, the trained σ for a DDE, σ_L for NCSN and DAE models). Samplers and metrics depend on this module only,
+never on each other or on a particular method; an analytic score (a Gaussian, a mixture) that satisfies the
+protocol runs through every sampler.
+
+Optional parts, each its own protocol so that code asks ``isinstance(model, EnergyModel)`` rather than probing
+attributes: ``generate`` (one-pass samples), ``energy`` (a scalar energy), ``log_density`` (an unnormalised
+log-density).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+#: ``score(x, sigma)``: ``(B, ...)``, ``(B,)`` → ``(B, ...)``.
+Score = Callable[[Tensor, Tensor], Tensor]
+#: Sampler progress: called once per step with a dict holding at least ``i`` (1-based) and ``n`` (total steps),
+#: and tensors such as ``x``. Tensors, never floats: a host sync per step would stall a GPU chain.
+Callback = Callable[[dict], None] | None
+
+
+@runtime_checkable
+class ScoreModel(Protocol):
+    """What every trained model exposes and every sampler consumes."""
+
+    data_shape: tuple[int, ...]
+
+    @property
+    def sigmas(self) -> Tensor:
+        """Descending noise levels σ_1 > … > σ_L, shape ``(L,)``."""
+
+    @property
+    def reference_sigma(self) -> float:
+        """The σ at which ``score`` is read as the data's score (energy: σ₀; DDE: its σ; NCSN/DAE: σ_L)."""
+
+    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """``∇_x log p_σ(x)``, the shape of ``x``."""
+
+
+@runtime_checkable
+class GenerativeModel(Protocol):
+    """A model with a generator network: ``generate(n, generator=) -> (n, *data_shape)`` in one pass."""
+
+    def generate(self, n: int, *, generator: torch.Generator | None = None) -> Tensor: ...
+
+
+@runtime_checkable
+class EnergyModel(Protocol):
+    """A scalar energy ``E(x)`` of shape ``(B,)``; the model density is ``∝ exp(−E)``."""
+
+    def energy(self, x: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class DensityModel(Protocol):
+    """An unnormalised log-density ``f(x)`` of shape ``(B,)``; the model density is ``∝ exp(f)``."""
+
+    def log_density(self, x: Tensor) -> Tensor: ...
+
+
+def expand_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
+    """Broadcast a per-example σ of shape ``(B,)`` (or a scalar) against ``x`` of shape ``(B, ...)``."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(x.shape[0])
+    return sigma.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
+    """One noise level as the ``(B,)`` tensor the protocol takes, in ``x``'s dtype and on its device."""
+    return torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(()).expand(x.shape[0])
+
+
+def input_gradient(scalar_fn: Callable[[Tensor], Tensor], x: Tensor, *, create_graph: bool) -> tuple[Tensor, Tensor]:
+    """Return ``(f(x), ∇_x Σ_b f(x)_b)`` for a per-example scalar function ``f: (B, ...) -> (B,)``.
+
+    ``create_graph=True`` keeps the graph so a loss containing the gradient can be differentiated
+    again with respect to the parameters (double backward), as the energy and DDE losses need.
+    Works inside ``torch.no_grad`` / ``torch.inference_mode`` callers (it enables grad locally on a fresh leaf).
+    A network that writes its input gradient out, ``scalar_fn.value_and_input_grad(x, create_graph=)`` (the
+    ResNet energy does, so that its double backward runs native conv kernels), is asked for it instead.
+    """
+    explicit = getattr(scalar_fn, "value_and_input_grad", None)
+    if callable(explicit):
+        return explicit(x, create_graph=create_graph)
+    with torch.inference_mode(False), torch.enable_grad():
+        if not x.requires_grad:
+            x = x.detach().clone() if x.is_inference() else x.detach()
+            x.requires_grad_(True)
+        value = scalar_fn(x)
+        (grad,) = torch.autograd.grad(value.sum(), x, create_graph=create_graph)
+    return value, grad
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter (or buffer); CPU for a model with neither."""
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+__all__ = ["Callback", "DensityModel", "EnergyModel", "GenerativeModel", "Score", "ScoreModel", "expand_sigma",
+           "input_gradient", "model_device", "sigma_batch"]
