@@ -119,12 +119,20 @@ class MixtureScoreModel(nn.Module):
     def reference_sigma(self) -> float:
         return float(self.sigma_levels[-1])
 
-    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """``Σ_k r_k(x)(μ_k − x)/(s_k² + σ²)`` with each example's own σ (x ``(B, D)``, σ ``(B,)``), in float64."""
+    def score(self, x: Tensor, sigma: Tensor, *, class_labels: Tensor | None = None) -> Tensor:
+        """``Σ_k r_k(x)(μ_k − x)/(s_k² + σ²)`` with each example's own σ (x ``(B, D)``, σ ``(B,)``), in float64.
+
+        class_labels:  ``(B,)`` component indices: each example gets its own component's smoothed score
+                       ``(μ_c − x)/(s_c² + σ²)``, the exact class-conditional score (class = component).
+        """
         x64 = x.to(torch.float64)
         means, stds, weights = (t.to(x.device) for t in (self.mixture.means, self.mixture.stds, self.mixture.weights))
         var = stds.pow(2)[None] + torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1, 1) ** 2
         diff = means[None] - x64[:, None, :]                                           # (B, K, D)
+        if class_labels is not None:
+            rows = torch.arange(x.shape[0], device=x.device)
+            labels = torch.as_tensor(class_labels, device=x.device).long().flatten()
+            return (diff / var)[rows, labels].to(x.dtype)
         log_comp = weights.log() - 0.5 * (var.log() + math.log(2 * math.pi) + diff.pow(2) / var).sum(-1)  # (B, K)
         resp = torch.softmax(log_comp, dim=1)
         return (resp[:, :, None] * diff / var).sum(1).to(x.dtype)
