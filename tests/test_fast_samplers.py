@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from dae_gen.errors import ConfigError
 from dae_gen.noise import geometric_sigmas, karras_sigmas
 from dae_gen.objectives.base import Objective
 from dae_gen.samplers import CountingModel, draw_samples
@@ -189,6 +190,12 @@ def test_callback_receives_one_step_record_per_step(driver):
     assert [float(step.sigma) for step in steps] == pytest.approx(expected, rel=1e-6)
     assert [int(step.extras["nfe"]) for step in steps] == list(range(1, 7))
     assert all(step.denoised.shape == (5, 3) for step in steps) and torch.equal(steps[-1].x, out)
+
+
+@pytest.mark.parametrize("driver", [sample_dpm_solver_2m, sample_euler_ancestral])
+def test_a_one_level_model_has_no_range_to_integrate(driver):
+    with pytest.raises(ConfigError, match="one noise level"):
+        driver(GaussianModel([0.5]), 4, n_steps=5)
 
 
 def test_bad_levels_and_settings_are_refused():
