@@ -1,6 +1,7 @@
 """Hydra CLI: every config composes and instantiates; train → checkpoint/metrics/grid; sample; bad names."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,8 @@ SAMPLER_CASES = {  # config name: (overrides that keep it quick, expected moment
                       for v in [sig**2 - nxt**2]])),
     # the exact flow scales deviations by √((s² + σ_min²)/(s² + σ_max²)), then Tweedie by s²/(s² + σ_min²)
     "ode": ([], lambda cfg, model: _ode_moments(model)),
+    "dpm_solver_2m": (["sampler.n_steps=10"], lambda cfg, model: _dpm_solver_2m_moments(cfg, model)),
+    "euler_ancestral": (["sampler.n_steps=40"], lambda cfg, model: _euler_ancestral_moments(cfg, model)),
 }
 
 
@@ -111,6 +114,40 @@ def _ode_moments(model):
     sigma_max, sigma_min, s = float(model.sigmas[0]), float(model.sigmas[-1]), model.s
     gain = ((s**2 + sigma_min**2) / (s**2 + sigma_max**2)) ** 0.5 * s**2 / (s**2 + sigma_min**2)
     return model.mean * (1 - gain), gain * sigma_max
+
+
+def _dpm_solver_2m_moments(cfg, model):
+    """DPM-Solver++(2M) on _Gaussian is linear in y = x − m: D − m = c·y with c = s²/(s² + σ²); a step to σ' > 0
+    is y' = (σ'/σ)·y + (1 − σ'/σ)·((1 + k)·c_i·y_i − k·c_{i−1}·y_{i−1}), k = h_i/(2h_{i−1}) (k = 0 first), the
+    step to 0 is y' = c·y. Tracked as gains of y_0, from N(0, σ_max² I): y_0 has mean −m, std σ_max."""
+    sigma_max, sigma_min = float(model.sigmas[0]), float(model.sigmas[-1])
+    levels = karras_sigmas(cfg.n_steps, sigma_min, sigma_max, cfg.rho).tolist()
+    gain, previous, h_previous = 1.0, None, None
+    for sigma, sigma_next in zip(levels[:-1], levels[1:]):
+        c = model.s**2 / (model.s**2 + sigma**2)
+        if sigma_next == 0:
+            gain = c * gain
+            continue
+        h = math.log(sigma / sigma_next)
+        k = 0.0 if previous is None else h / (2 * h_previous)
+        estimate = (1 + k) * c * gain - (k * previous if previous is not None else 0.0)
+        previous, h_previous = c * gain, h
+        gain = sigma_next / sigma * gain + (1 - sigma_next / sigma) * estimate
+    return model.mean * (1 - gain), abs(gain) * sigma_max
+
+
+def _euler_ancestral_moments(cfg, model):
+    """Euler ancestral on _Gaussian: y' = a·y + s_noise·σ_up·ξ with a = 1 + (σ_down − σ)·σ/(s² + σ²)."""
+    sigma_max, sigma_min = float(model.sigmas[0]), float(model.sigmas[-1])
+    levels = karras_sigmas(cfg.n_steps, sigma_min, sigma_max, cfg.rho).tolist()
+    gain, var = 1.0, sigma_max**2
+    for sigma, sigma_next in zip(levels[:-1], levels[1:]):
+        up = 0.0 if sigma_next == 0 else min(sigma_next, cfg.eta * sigma_next * (sigma**2 - sigma_next**2) ** 0.5
+                                             / sigma)
+        down = (sigma_next**2 - up**2) ** 0.5
+        a = 1 + (down - sigma) * sigma / (model.s**2 + sigma**2)
+        gain, var = a * gain, a**2 * var + (cfg.s_noise * up) ** 2
+    return model.mean * (1 - gain), var**0.5
 
 
 def test_every_sampler_config_has_a_ground_truth_case():

@@ -90,6 +90,8 @@ TABLE = {
 SWEEP = {
     "heun": [("n_steps", v, {}) for v in (3, 5, 9, 13, 18)],
     "edm_stochastic": [("n_steps", v, {"s_churn": round(v * 0.156, 1)}) for v in (18, 32)],  # 32: S_churn 5
+    "dpm_solver_2m": [("n_steps", v, {}) for v in (10, 15, 20)],  # N steps = N calls
+    "euler_ancestral": [("n_steps", v, {}) for v in (20, 35)],
     "pc": [("n_steps", v, {}) for v in (25, 50)],
     "ode": [("rtol", v, {"atol": v}) for v in (1e-2, 1e-3)],
     "annealed_langevin": [("n_steps_each", v, {"step_lr": 8e-7, "init": "gaussian"}) for v in (1,)],
