@@ -91,8 +91,9 @@ def test_cfg_with_annealed_langevin_samples_the_tilted_gaussian():
     cov = torch.linalg.inv(precision)
     # the guided law is much narrower than the class: a real test of the tilt, not of the class alone
     assert cov.diagonal().max() < 0.6 * model.covs[label].diagonal().min()
-    torch.testing.assert_close(samples.mean(0), mean, atol=0.03, rtol=0)
-    torch.testing.assert_close(samples.T.cov(), cov, atol=0.02, rtol=0.08)
+    # standard errors with 4000 draws: mean ≈ 0.008, covariance entries ≈ 0.005; measured errors ≤ 0.008, ≤ 0.007
+    torch.testing.assert_close(samples.mean(0), mean, atol=0.025, rtol=0)
+    torch.testing.assert_close(samples.T.cov(), cov, atol=0.015, rtol=0)
 
 
 def test_conditional_mixture_sampling_recovers_only_the_labelled_component():
