@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -128,3 +129,22 @@ def test_label_dropout_trains_the_null_label_to_the_marginal_denoiser(compose_tr
         null_error, labelled_error = errors[0.3, sigma]
         assert null_error < 0.25 and labelled_error < 0.1, errors
         assert errors[0.0, sigma][1] < 0.1 and errors[0.0, sigma][0] > 2 * null_error, errors
+
+
+def test_class_grid_has_one_row_per_class(tmp_path):
+    """Images of constant value label/10 drawn with class_grid_labels: grid row r shows class r only."""
+    from PIL import Image
+
+    from dae_gen.viz import class_grid_labels, save_class_grid
+
+    labels = class_grid_labels([2, 5, 7], per_class=4)
+    assert labels.tolist() == [2] * 4 + [5] * 4 + [7] * 4
+    samples = (labels.double() / 10).reshape(-1, 1, 1, 1).expand(-1, 1, 3, 3)
+    grid = np.asarray(Image.open(save_class_grid(samples, tmp_path / "grid.png", per_class=4, to_unit=lambda x: x)))
+    assert grid.shape == (3 * 4 + 1, 4 * 4 + 1)  # 3 rows, 4 columns of 3×3 images, 1-pixel padding
+    for row, label in enumerate((2, 5, 7)):
+        top = 1 + row * 4
+        cells = grid[top : top + 3].reshape(3, -1)[:, [1 + q * 4 + j for q in range(4) for j in range(3)]]
+        assert (cells == round(label / 10 * 255)).all()
+    with pytest.raises(ValueError, match="multiple of per_class=5"):
+        save_class_grid(samples, tmp_path / "bad.png", per_class=5, to_unit=lambda x: x)
