@@ -148,3 +148,18 @@ def test_class_grid_has_one_row_per_class(tmp_path):
         assert (cells == round(label / 10 * 255)).all()
     with pytest.raises(ValueError, match="multiple of per_class=5"):
         save_class_grid(samples, tmp_path / "bad.png", per_class=5, to_unit=lambda x: x)
+
+
+@pytest.mark.parametrize(("preset", "base", "data_shape"), [("edm_digits_cond", "edm_digits", (1, 8, 8)),
+                                                             ("edm_cifar10_cond", "edm_cifar10", (3, 32, 32))])
+def test_conditional_presets_are_their_unconditional_preset_with_ten_classes_and_label_dropout(
+        compose_train, preset, base, data_shape):
+    from omegaconf import OmegaConf
+
+    cfg, base_cfg = (OmegaConf.to_container(compose_train(f"experiment={name}")) for name in (preset, base))
+    assert (cfg["model"].pop("n_classes"), cfg["model"].pop("p_uncond")) == (10, 0.1)
+    assert (base_cfg["model"].pop("n_classes"), base_cfg["model"].pop("p_uncond")) == (0, 0.0)
+    assert cfg == base_cfg
+    if preset == "edm_digits_cond":  # CIFAR-10's 34 M-parameter net is not built on a test machine
+        model = instantiate(compose_train(f"experiment={preset}").model, data_shape=data_shape)
+        assert model.net.label_embed.table.weight.shape == (11, 64)  # 10 classes + null, 4 × 16 channels
