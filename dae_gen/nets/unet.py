@@ -1,8 +1,9 @@
 """Noise-conditional U-Net for images (NCSN / NCSNv2 / EDM family, DDPM-style residual U-Net).
 
-The network is the raw ``F(x, c_noise)`` (or ``F(x, c_noise, class_labels)``) of a preconditioned denoiser ``D = c_skip·x + c_out·F(c_in·x, c_noise)``
-(Karras et al. 2022, Eq. 7): it takes the noise label ``c_noise(σ)`` the objective's preconditioning gives
-(``ln σ`` for NCSN and DAE models, ``¼ ln σ`` for EDM's) and applies no σ scaling of its own.
+The network is the raw ``F(x, c_noise)`` (``F(x, c_noise, class_labels)`` when class-conditional) of a
+preconditioned denoiser ``D = c_skip·x + c_out·F(c_in·x, c_noise)`` (Karras et al. 2022, Eq. 7): it takes the
+noise label ``c_noise(σ)`` the objective's preconditioning gives (``ln σ`` for NCSN and DAE models, ``¼ ln σ`` for
+EDM's) and applies no σ scaling of its own.
 """
 
 from __future__ import annotations
