@@ -51,6 +51,10 @@ class Guided(nn.Module):
         if guide is not None and tuple(guide.data_shape) != tuple(model.data_shape):
             raise ValueError(f"the guide must model the same data as the main model: data_shape "
                              f"{tuple(model.data_shape)} expected, got {tuple(guide.data_shape)}")
+        if guide is not None and int(getattr(guide, "n_classes", 0)) != n_classes:
+            raise ValueError(f"the guide is called with the main model's labels, so it must have the same classes: "
+                             f"n_classes={n_classes} expected, got {int(getattr(guide, 'n_classes', 0))}; use a "
+                             f"smaller or earlier checkpoint of the same (conditional or unconditional) task")
         self.model = model
         self.guide = guide
         self.guidance = float(guidance)

@@ -174,3 +174,6 @@ def test_guidance_refuses_what_it_cannot_do():
     other = GaussianClasses(torch.zeros(2, 3), torch.eye(3).expand(2, 3, 3), sigmas=torch.tensor([1.0]))
     with pytest.raises(ValueError, match="same data"):
         Guided(unconditional, guidance=1.0, guide=other)
+    with pytest.raises(ValueError, match="must have the same classes: n_classes=0 expected, got 8"):
+        Guided(unconditional, guidance=1.0, guide=MixtureScoreModel(toy_mixture().mixture, sigmas=1.0,
+                                                                     class_conditional=True))
