@@ -99,16 +99,22 @@ class MixtureScoreModel(nn.Module):
 
     It satisfies the score protocol (``dae_gen.score.ScoreModel``), so every sampler and task runs on it: what a
     sampler achieves with a perfect score, next to what it achieves with a trained one.
-    mixture:  the data law ``p``.
-    sigmas:   the schedule σ_1 > … > σ_L that samplers read as the model's levels (any σ > 0 can be asked for).
+    mixture:             the data law ``p``.
+    sigmas:              the schedule σ_1 > … > σ_L that samplers read as the model's levels (any σ > 0 can be
+                         asked for).
+    class_conditional:   the class is the component: ``score(x, σ, class_labels)`` is ``∇log p_σ(x | k)`` of
+                         component k (label K = ``n_classes``, or no labels: the whole mixture), the exact
+                         class-conditional model that classifier-free guidance combines.
     """
 
-    def __init__(self, mixture: GaussianMixture, *, sigmas: float | Sequence[float] | Tensor):
+    def __init__(self, mixture: GaussianMixture, *, sigmas: float | Sequence[float] | Tensor,
+                 class_conditional: bool = False):
         super().__init__()
         from dae_gen.noise import as_sigma_schedule
 
         self.mixture = mixture
         self.data_shape = (mixture.dim,)
+        self.n_classes = mixture.n_components if class_conditional else 0
         self.register_buffer("sigma_levels", as_sigma_schedule(sigmas))
 
     @property
@@ -119,21 +125,21 @@ class MixtureScoreModel(nn.Module):
     def reference_sigma(self) -> float:
         return float(self.sigma_levels[-1])
 
-    def score(self, x: Tensor, sigma: Tensor, *, class_labels: Tensor | None = None) -> Tensor:
-        """``Σ_k r_k(x)(μ_k − x)/(s_k² + σ²)`` with each example's own σ (x ``(B, D)``, σ ``(B,)``), in float64.
-
-        class_labels:  ``(B,)`` component indices: each example gets its own component's smoothed score
-                       ``(μ_c − x)/(s_c² + σ²)``, the exact class-conditional score (class = component).
-        """
+    def score(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """``Σ_k r_k(x)(μ_k − x)/(s_k² + σ²)`` with each example's own σ (x ``(B, D)``, σ ``(B,)``), in float64;
+        with ``class_labels`` ``(B,)`` the responsibilities are one-hot on each example's component."""
         x64 = x.to(torch.float64)
         means, stds, weights = (t.to(x.device) for t in (self.mixture.means, self.mixture.stds, self.mixture.weights))
         var = stds.pow(2)[None] + torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1, 1) ** 2
         diff = means[None] - x64[:, None, :]                                           # (B, K, D)
-        if class_labels is not None:
-            rows = torch.arange(x.shape[0], device=x.device)
-            labels = torch.as_tensor(class_labels, device=x.device).long().flatten()
-            return (diff / var)[rows, labels].to(x.dtype)
         log_comp = weights.log() - 0.5 * (var.log() + math.log(2 * math.pi) + diff.pow(2) / var).sum(-1)  # (B, K)
+        if class_labels is not None:
+            if not self.n_classes:
+                raise ValueError("class_labels given to an unconditional MixtureScoreModel; build it with "
+                                 "class_conditional=True to condition on the component")
+            labels = torch.as_tensor(class_labels, device=x.device).reshape(-1, 1)  # (B, 1); K: the whole mixture
+            components = torch.arange(self.n_classes, device=x.device)[None]  # (1, K)
+            log_comp = log_comp.masked_fill((labels != components) & (labels != self.n_classes), -math.inf)
         resp = torch.softmax(log_comp, dim=1)
         return (resp[:, :, None] * diff / var).sum(1).to(x.dtype)
 

@@ -208,6 +208,26 @@ def save_image_rows(rows: Tensor, path: str | Path, *, to_unit: Callable[[Tensor
     return save_image_grid(to_unit(rows.detach().cpu()).reshape(r * k, *rows.shape[2:]), path, nrow=k, scale=scale)
 
 
+def class_grid_labels(classes: int | Sequence[int], per_class: int, *,
+                      device: torch.device | str | None = None) -> Tensor:
+    """Labels for a class-conditional grid, one row per class: each of ``classes`` (an int n: 0 … n − 1) repeated
+    ``per_class`` times, ``(n_rows·per_class,)`` int64; draw samples with them and pass those to ``save_class_grid``."""
+    classes = torch.arange(classes) if isinstance(classes, int) else torch.as_tensor(list(classes))
+    if classes.numel() < 1 or int(per_class) < 1:
+        raise ValueError(f"need at least one class and per_class >= 1, got {classes.tolist()} and {per_class}")
+    return classes.long().repeat_interleave(int(per_class)).to(device)
+
+
+def save_class_grid(samples: Tensor, path: str | Path, *, per_class: int, to_unit: Callable[[Tensor], Tensor],
+                    scale: int = 1) -> Path:
+    """Samples ``(n_rows·per_class, C, H, W)`` drawn with ``class_grid_labels`` as a grid with one row per class."""
+    if samples.shape[0] % int(per_class):
+        raise ValueError(f"expected a multiple of per_class={per_class} samples (one row per class), got "
+                         f"{samples.shape[0]}; draw them with class_grid_labels(classes, per_class)")
+    return save_image_rows(samples.reshape(-1, int(per_class), *samples.shape[1:]), path, to_unit=to_unit,
+                           scale=scale)
+
+
 def inpainting_rows(images: Tensor, mask: Tensor, samples: Tensor, *, to_unit: Callable[[Tensor], Tensor],
                     fill: float = 0.5) -> Tensor:
     """One row per image, in [0, 1]: the masked input (missing pixels at ``fill``) | its completions | the original.

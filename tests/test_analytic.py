@@ -61,7 +61,7 @@ def test_gaussian_conditional_is_the_schur_complement_of_the_joint():
 
 def test_mixture_score_of_a_class_is_its_own_components_smoothed_score():
     mixture = GaussianMixture([[-2.0, 0.0], [2.0, 1.0]], [[0.5, 0.5], [0.3, 0.6]], [0.3, 0.7])
-    model = MixtureScoreModel(mixture, sigmas=[1.0, 0.1])
+    model = MixtureScoreModel(mixture, sigmas=[1.0, 0.1], class_conditional=True)
     x = torch.randn(6, 2, dtype=torch.float64)
     sigma = torch.tensor([0.0, 0.2, 0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
     labels = torch.tensor([0, 1, 0, 1, 0, 1])

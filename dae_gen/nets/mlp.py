@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from dae_gen.nets.labels import LabelEmbedding, check_unconditional
+
 
 def _mlp(in_dim: int, hidden: int, depth: int, out_dim: int, act: type[nn.Module]) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -22,18 +24,31 @@ class ScoreMLP(nn.Module):
 
     The noise label (``ln σ`` for NCSN and DAE models, ``¼ ln σ`` for EDM's) is concatenated to the input; the
     objective's preconditioning does all σ scaling. ``x``: ``(B, *data_shape)``, ``noise_label``: ``(B,)``.
+    With ``n_classes`` > 0 a learned embedding of the integer label ``(B,)`` is added to the first layer's
+    pre-activation (the same as a one-hot label concatenated to the input; EDM's ``map_label``); label
+    ``n_classes`` or ``class_labels=None`` is the null class (unconditional). ``n_classes=0``: the unconditional
+    net exactly.
     """
 
-    def __init__(self, *, data_shape: Sequence[int], hidden: int = 128, depth: int = 3):
+    def __init__(self, *, data_shape: Sequence[int], hidden: int = 128, depth: int = 3, n_classes: int = 0):
         super().__init__()
         self.data_shape = tuple(data_shape)
         self.dim = math.prod(self.data_shape)
         self.net = _mlp(self.dim + 1, hidden, depth, self.dim, nn.SiLU)
+        self.n_classes = int(n_classes)
+        if self.n_classes < 0:
+            raise ValueError(f"n_classes must be >= 0 (0: unconditional), got {n_classes}")
+        if self.n_classes:
+            self.label_embed = LabelEmbedding(self.n_classes, self.net[0].out_features)
 
-    def forward(self, x: Tensor, noise_label: Tensor) -> Tensor:
+    def forward(self, x: Tensor, noise_label: Tensor, class_labels: Tensor | None = None) -> Tensor:
         flat = x.reshape(x.shape[0], -1)
         h = torch.cat([flat, noise_label.reshape(-1, 1).to(flat.dtype)], dim=1)
-        return self.net(h).reshape(x.shape)
+        if not self.n_classes:
+            check_unconditional(class_labels, "ScoreMLP")
+            return self.net(h).reshape(x.shape)
+        label_emb = self.label_embed(class_labels, batch=x.shape[0], device=x.device).to(flat.dtype)
+        return self.net[1:](self.net[0](h) + label_emb).reshape(x.shape)
 
 
 class ScalarMLP(nn.Module):

@@ -5,7 +5,8 @@ and counts the examples passed through ``score`` (and ``generate``). After drawi
 ``nfe_per_image(n)`` is the exact average number of network calls each image cost, whatever the sampler —
 annealed Langevin (L·T + 1 with the denoising step), Heun (2N − 1), predictor–corrector (N·(k + 1)), an adaptive
 ODE solver (its function evaluations + 1) or a generator (1). For energy and DDE models one score evaluation is
-one forward and one backward pass of the scalar network.
+one forward and one backward pass of the scalar network; a model that evaluates several networks per score
+(guidance, ``dae_gen.guidance.Guided``) says how many in ``evaluations_per_score``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ class CountingModel:
         self.model = model
         self.evaluations = 0
 
-    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
-        self.evaluations += int(x.shape[0])
-        return self.model.score(x, sigma)
+    def score(self, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
+        self.evaluations += int(x.shape[0]) * int(getattr(self.model, "evaluations_per_score", 1))
+        return self.model.score(x, sigma, **cond)
 
     def __getattr__(self, name: str) -> Any:  # everything else is the model's (``generate`` is counted too)
         attribute = getattr(self.model, name)
