@@ -24,6 +24,7 @@ resumed from the newest readable one, sample grids, evaluation, ``metrics.jsonl`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -43,7 +44,8 @@ from dae_gen.checkpoint import describe_os_error
 from dae_gen.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from dae_gen.objectives.base import Objective
 from dae_gen.precision import autocast, check_amp, describe_amp, resolve_amp
-from dae_gen.run_dir import MetricsLog, RunCheckpoints, RunDirError, StopSignals, hold_run_dir, parse_signals
+from dae_gen.run_dir import MetricsLog, RunCheckpoints, RunDirError, StopSignals, parse_signals
+from dae_gen.run_folder import ResumePlan, RunDir
 from dae_gen.samplers.batches import draw_samples
 
 log = logging.getLogger(__name__)
@@ -469,16 +471,30 @@ class Trainer:
                  f"; {self.skipped_steps} non-finite steps skipped" if self.skipped_steps else "",
                  self.checkpoints.newest, self.newest_grid)
 
-    def fit(self) -> dict[str, float]:
+    def fit(self, *, plan: ResumePlan | None = None) -> dict[str, float]:
         """Train until ``steps``, resuming from the run directory's newest readable checkpoint if there is one.
+
+        plan:  a launch's :class:`~dae_gen.run_folder.ResumePlan` whose state this trainer has already loaded
+               (``load_state_dict(plan.state)``), with the caller holding the run directory's lock
+               (:meth:`~dae_gen.run_folder.RunDir.lock`): nothing is read again, the lock is not taken again.
+               None: take the lock and resume from the newest readable checkpoint here.
 
         Raises :class:`~dae_gen.errors.TrainingInterrupted` after a stop signal (a checkpoint at the finished
         step is on disk), :class:`~dae_gen.errors.TrainingDiverged` after ``max_nonfinite_steps`` non-finite
         steps in a row, :class:`~dae_gen.run_dir.RunLocked` when another process is using the run directory.
         """
         main = D.is_main_process()
-        with hold_run_dir(self.run_dir), StopSignals(self.stop_signals) as stop:
-            resumed = self.maybe_resume()
+        with contextlib.ExitStack() as held:
+            if plan is None:
+                held.enter_context(RunDir(self.run_dir).lock())
+                resumed = self.maybe_resume()
+            else:
+                if self.step != plan.step:
+                    raise RuntimeError(f"the plan resumes step {plan.step} but the trainer is at step {self.step}: "
+                                       "load_state_dict(plan.state) first")
+                RunDir(self.run_dir).start(plan, self.checkpoints)
+                resumed = plan.state is not None
+            stop = held.enter_context(StopSignals(self.stop_signals))
             self._announce(resumed)
             metrics_log = D.on_main(lambda: MetricsLog(self.run_dir, resume_step=self.step,
                                                        tensorboard=self.tensorboard))  # None off rank 0

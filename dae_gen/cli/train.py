@@ -9,7 +9,7 @@ Examples::
     dae-gen-train run=outputs/my_run trainer.steps=6000   # resume with more steps (recorded in its history)
     torchrun --standalone --nproc_per_node=2 -m dae_gen.cli.train trainer.batch_size=64
 
-A folder that holds a run is resumed with the config it stores; see :mod:`dae_gen.cli.resume` for what a
+A folder that holds a run is resumed with the config it stores; see :mod:`dae_gen.resume` for what a
 command line may change. Everything is built and checked before the first write into the folder.
 """
 
@@ -30,7 +30,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from dae_gen import distributed as D
 from dae_gen.benchmark import training_workload
-from dae_gen.checkpoint import latest_checkpoint, load_checkpoint
 from dae_gen.cli.common import (
     CONFIG_PATH,
     PROCESS_START,
@@ -48,18 +47,11 @@ from dae_gen.cli.common import (
     sampler_label,
     set_threads,
 )
-from dae_gen.cli.resume import (
-    LAUNCH_KEYS,
-    record_launch,
-    refuse_unsafe,
-    resumed_config,
-    stored_config,
-    write_config,
-)
 from dae_gen.errors import CheckpointError, ConfigError, DataError
 from dae_gen.precision import resolve_amp
 from dae_gen.run import build_sampler
-from dae_gen.run_dir import hold_run_dir
+from dae_gen.resume import LAUNCH_KEYS
+from dae_gen.run_folder import ResumePlan, RunDir
 from dae_gen.viz import reference_points, sample_saver
 
 log = logging.getLogger("dae_gen.cli")
@@ -67,64 +59,47 @@ log = logging.getLogger("dae_gen.cli")
 TRAIN_KEYS = {"seed": int, "device": str}
 
 
-def plan(run_dir: Path, requested: dict, touched: Iterable[str] | None) -> tuple[dict, list, Path | None]:
-    """The config this launch trains with, what it changes in the stored one, and the checkpoint to resume.
-
-    A new folder: ``requested`` as given. A folder holding a run: its stored config with the ``touched`` keys
-    taken from ``requested``; changes that would alter what was trained are refused (ConfigError).
-    """
-    stored, checkpoint = stored_config(run_dir)
-    if stored is None:
-        return requested, [], None
-    config, changes = resumed_config(stored, requested, touched)
-    refuse_unsafe(changes, run_dir)
-    for key in ("data_shape", "data_info"):
-        if key in stored:
-            config[key] = stored[key]
-    return config, changes, checkpoint
-
-
 def train(cfg: DictConfig, run_dir: str | Path, *, touched: Iterable[str] | None = None,
           command: str | None = None) -> dict[str, float]:
     """Build data, model, sampler and trainer from a composed config and train in ``run_dir``.
 
-    If ``run_dir`` holds a run, resume it with its stored config (see :func:`plan`).
+    If ``run_dir`` holds a run, resume it with its stored config (see :meth:`dae_gen.run_folder.RunDir.plan`).
     touched:  the keys this launch's command line sets (``None``: every key of ``cfg`` is compared).
     command:  the command line recorded in ``config_history.jsonl``.
     """
-    run_dir = Path(run_dir)
+    run_dir = RunDir(run_dir)
     requested = OmegaConf.to_container(cfg, resolve=True)
     for key in LAUNCH_KEYS:
         requested.pop(key, None)
     touched = None if touched is None else list(touched)
-    config, _, _ = plan(run_dir, requested, touched)  # read-only: which device to start on
-    device = D.init_distributed(config.get("device", "auto"))
+    device = D.init_distributed(run_dir.stored_device(requested, touched))  # before the (collective) lock
     with contextlib.ExitStack() as held:
         with collected_log() as earlier:  # lines logged before train.log may be written: copied there after
             # no other process may write here now (rank 0 holds the lock; a refusal ends every rank); released
-            # (removed) if anything fails
-            held.enter_context(hold_run_dir(run_dir))
-            config, changes, checkpoint = plan(run_dir, requested, touched)
-            trainer, config, start = build(config, run_dir=run_dir, device=device, checkpoint=checkpoint)
+            # (removed) if anything fails. The plan reads the newest readable checkpoint, once.
+            held.enter_context(run_dir.lock())
+            plan = run_dir.plan(requested, touched)
+            trainer, plan.config = build(plan.config, run_dir=run_dir.path, device=device, plan=plan)
+        start = plan.step
         if start >= trainer.steps:
             log.info("%s is already at trainer.steps=%d: nothing to train (raise trainer.steps to train on)",
-                     run_dir, start)
+                     run_dir.path, start)
             return {"step": float(start), "resumed": 1.0}
         if not D.is_main_process():
-            return trainer.fit()
-        write_config(run_dir, config)
-        history = record_launch(run_dir, command=command or " ".join(sys.argv), step=start, changes=changes)
-        with run_log(run_dir, earlier):
-            if changes:
-                log.info("resuming %s with changes (recorded in %s): %s", run_dir, history.name,
-                         "; ".join(map(str, changes)))
-            return trainer.fit()
+            return trainer.fit(plan=plan)
+        run_dir.write_config(plan.config)
+        history = run_dir.record_launch(command=command or " ".join(sys.argv), step=start, changes=plan.changes)
+        with run_log(run_dir.path, earlier):
+            if plan.changes:
+                log.info("resuming %s with changes (recorded in %s): %s", run_dir.path, history.name,
+                         "; ".join(map(str, plan.changes)))
+            return trainer.fit(plan=plan)
 
 
-def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, checkpoint: Path | None
-          ) -> tuple[Any, dict, int]:
-    """Check the config and build everything from it, nothing written: the trainer, the config to store (with
-    ``data_shape`` and ``data_info``) and the step it starts from (``checkpoint``'s, checked to fit, or 0)."""
+def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, plan: ResumePlan | None = None
+          ) -> tuple[Any, dict]:
+    """Check the config and build everything from it, nothing written: the trainer (with ``plan``'s checkpoint
+    state loaded, checked to fit) and the config to store (with ``data_shape`` and ``data_info``)."""
     check_values(config, TRAIN_KEYS)
     check_arguments(config, skip=("sampler",))  # the sampler: by build_sampler, naming its settings
     trainer_cfg = config["trainer"]
@@ -157,18 +132,17 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, checkp
         trainer = make_trainer(objective=model, data=data, run_dir=run_dir, sampler=sampler,
                                save_samples=sample_saver(data.info, reference=reference_points(data), title=title),
                                evaluator=evaluator, seed=config["seed"], device=device, run_config=config)
-    if checkpoint is None:
-        return trainer, config, 0
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    step = int(state["step"])
+    if plan is None or plan.state is None:
+        return trainer, config
+    step, checkpoint = plan.step, plan.checkpoint
     if trainer.steps < step:
         raise ConfigError(f"trainer.steps={trainer.steps} is below this run's step {step} ({checkpoint}); give "
                           f"trainer.steps > {step} to train on")
     try:
-        trainer.load_state_dict(state)  # the resume must fit before anything is written
+        trainer.load_state_dict(plan.state)  # the resume must fit before anything is written
     except CheckpointError as err:
         raise CheckpointError(f"{checkpoint}: {err}") from err
-    return trainer, config, step
+    return trainer, config
 
 
 def touched_keys(requested: DictConfig) -> set[str] | None:
@@ -223,10 +197,10 @@ def app(cfg: DictConfig) -> float:
 
 def check_run_argument(run: str, run_dir: Path) -> None:
     """``run=`` names a run to resume: a run directory, or its newest checkpoint file."""
-    folder = Path(run_folder(run, ""))
+    folder = RunDir.of(run).path
     if folder.resolve() != run_dir.resolve():
         raise ConfigError(f"run={run} and hydra.run.dir={run_dir} name different folders; give one of them")
-    newest = latest_checkpoint(folder)
+    newest = RunDir(folder).latest_checkpoint()
     if newest is None:
         raise ConfigError(f"run={run}: {folder} holds no checkpoint to resume (checkpoints/ckpt_<step>.pt); start "
                           "a new run with hydra.run.dir=DIR instead")
