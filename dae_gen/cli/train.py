@@ -30,23 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from dae_gen import distributed as D
 from dae_gen.benchmark import training_workload
-from dae_gen.cli.common import (
-    CONFIG_PATH,
-    PROCESS_START,
-    building,
-    check_arguments,
-    check_positive,
-    check_threads,
-    check_values,
-    collected_log,
-    command_line,
-    reports_user_errors,
-    run_cli,
-    run_folder,
-    run_log,
-    sampler_label,
-    set_threads,
-)
+from dae_gen.cli.checks import building, check_arguments, check_positive, check_threads, check_values, set_threads
+from dae_gen.cli.launch import CONFIG_PATH, command_line, process_start, reports_user_errors, run_cli
+from dae_gen.cli.logs import collected_log, run_log
+from dae_gen.cli.sampling import sampler_label
 from dae_gen.errors import CheckpointError, ConfigError, DataError
 from dae_gen.precision import resolve_amp
 from dae_gen.run import build_sampler
@@ -172,7 +159,7 @@ def touched_keys(requested: DictConfig) -> set[str] | None:
 def _remove_if_created(run_dir: Path) -> None:
     """Remove ``run_dir`` if Hydra created it for this launch and it is still empty (a refused new run)."""
     with contextlib.suppress(OSError):
-        if run_dir.is_dir() and run_dir.stat().st_ctime >= PROCESS_START - 1 and not any(run_dir.iterdir()):
+        if run_dir.is_dir() and run_dir.stat().st_ctime >= process_start() - 1 and not any(run_dir.iterdir()):
             run_dir.rmdir()
 
 
@@ -180,7 +167,7 @@ def _remove_if_created(run_dir: Path) -> None:
 @reports_user_errors
 def app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    created = run_dir.stat().st_ctime >= PROCESS_START - 1 and not any(run_dir.iterdir())
+    created = run_dir.stat().st_ctime >= process_start() - 1 and not any(run_dir.iterdir())
     try:
         if cfg.get("run") is not None:
             check_run_argument(str(cfg.run), run_dir)
