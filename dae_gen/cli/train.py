@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +100,8 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, plan: 
         raise DataError(f"the dataset now gives {info['name']} examples of shape {info['shape']}, but this run was "
                         f"trained on {config['data_info']['name']} of shape {config['data_info']['shape']}")
     config = {**config, "data_shape": list(data.shape), "data_info": info}  # so sampling never rebuilds the dataset
-    torch.manual_seed(config["seed"])  # the initial weights (the trainer also broadcasts rank 0's to every rank)
-    with building("model"):
-        model = instantiate(config["model"], data_shape=list(data.shape))
-    with building("sampler"):
-        sampler, settings = build_sampler(config["sampler"])
-        sampler(model, 0)  # an empty batch checks the sampler's values now rather than at the first grid
+    model = build_model(config, data)
+    sampler, settings = build_grid_sampler(config, model)
     set_threads(config.get("threads"), device=device, workload=training_workload(
         model, batch_size=int(trainer_cfg["batch_size"]), device=device,
         amp=resolve_amp(trainer_cfg.get("amp", "none"), device, warn=False, where="trainer.amp")))
@@ -114,11 +110,9 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, plan: 
         with building("metrics"):
             evaluator = instantiate(config["metrics"])(data=data, sampler=sampler)
     title = f"{type(model).__name__} · {sampler_label(settings)} · step {{step}}"
-    with building("trainer"):
-        make_trainer = instantiate(trainer_cfg)  # a partial; the objects below must not be re-instantiated
-        trainer = make_trainer(objective=model, data=data, run_dir=run_dir, sampler=sampler,
-                               save_samples=sample_saver(data.info, reference=reference_points(data), title=title),
-                               evaluator=evaluator, seed=config["seed"], device=device, run_config=config)
+    trainer = build_trainer(config, model=model, data=data, sampler=sampler, run_dir=run_dir, device=device,
+                            save_samples=sample_saver(data.info, reference=reference_points(data), title=title),
+                            evaluator=evaluator, run_config=config)
     if plan is None or plan.state is None:
         return trainer, config
     step, checkpoint = plan.step, plan.checkpoint
@@ -130,6 +124,32 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, plan: 
     except CheckpointError as err:
         raise CheckpointError(f"{checkpoint}: {err}") from err
     return trainer, config
+
+
+def build_model(config: Mapping[str, Any], data) -> Any:
+    """The ``model`` node for ``data``'s shape, with the initial weights of ``config.seed``."""
+    torch.manual_seed(config["seed"])  # the initial weights (the trainer also broadcasts rank 0's to every rank)
+    with building("model"):
+        return instantiate(config["model"], data_shape=list(data.shape))
+
+
+def build_grid_sampler(config: Mapping[str, Any], model) -> tuple[Any, dict]:
+    """The ``sampler`` node's driver and settings, checked on ``model`` with an empty batch (now, rather than at
+    the first grid)."""
+    with building("sampler"):
+        sampler, settings = build_sampler(config["sampler"])
+        sampler(model, 0)
+    return sampler, settings
+
+
+def build_trainer(config: Mapping[str, Any], *, model, data, sampler, run_dir: Path, device: torch.device,
+                  **options: Any) -> Any:
+    """The ``trainer`` node built over already-built objects (``options``: further trainer arguments such as
+    ``save_samples``, ``evaluator``, ``run_config``, ``progress``)."""
+    with building("trainer"):
+        make_trainer = instantiate(config["trainer"])  # a partial; the objects below must not be re-instantiated
+        return make_trainer(objective=model, data=data, run_dir=run_dir, sampler=sampler, seed=config["seed"],
+                            device=device, **options)
 
 
 def touched_keys(requested: DictConfig) -> set[str] | None:
