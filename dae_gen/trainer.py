@@ -40,7 +40,7 @@ from dae_gen import distributed as D
 from dae_gen.errors import CheckpointError, TrainingDiverged, TrainingInterrupted  # noqa: F401 (raised by hooks)
 from dae_gen.objectives.base import Objective
 from dae_gen.precision import autocast, check_amp, describe_amp, resolve_amp
-from dae_gen.run_dir import RunCheckpoints, parse_signals
+from dae_gen.run_dir import parse_signals
 from dae_gen.run_folder import ResumePlan, RunDir
 from dae_gen.train_hooks import Checkpointing, Evaluation, Hook, ProgressLog, SampleGrids, StopPolicy, call_hooks
 from dae_gen.samplers.batches import draw_samples
@@ -195,7 +195,7 @@ class Trainer:
         self.stop_signals, self.max_nonfinite_steps = list(stop_signals), int(max_nonfinite_steps)
         self.seed, self.config = int(seed), run_config or {}
         self.progress, self.tensorboard = progress, tensorboard
-        self.checkpoints = RunCheckpoints(self.run_dir, keep=keep_checkpoints)
+        self.checkpoints = RunDir(self.run_dir).checkpoints(keep=keep_checkpoints)
 
         phase_lr = dict(phase_lr or {})
         unknown = set(phase_lr) - {name for name, _ in objective.phases}
