@@ -23,11 +23,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from dae_gen.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, step_checkpoints
 from dae_gen.data.base import DataInfo
 from dae_gen.errors import CheckpointError, ConfigError
 from dae_gen.objectives.base import Objective
 from dae_gen.precision import check_amp, with_precision
+from dae_gen.run_folder import RunDir, run_directory
 from dae_gen.samplers.batches import draw_samples
 from dae_gen.score import Callback
 from dae_gen.settings import check_keywords
@@ -116,9 +116,7 @@ class Run:
 
     def checkpoints(self) -> list[Path]:
         """The run's step checkpoints, oldest first, then ``best.pt`` if there is one."""
-        paths = [p for _, p in step_checkpoints(self.path)]
-        best = checkpoint_dir(self.path) / "best.pt"
-        return paths + ([best] if best.is_file() else [])
+        return RunDir(self.path).all_checkpoints()
 
     def sampler(self, sampler: str | Mapping[str, Any] | None = None, **overrides: Any
                 ) -> tuple[Callable[..., Tensor], dict[str, Any]]:
@@ -189,11 +187,6 @@ class Run:
         return sample_saver(self.data, reference=self.reference_points(), title=title)(samples, Path(path))
 
 
-def run_directory(checkpoint: Path) -> Path:
-    """The run folder of a checkpoint file: ``<run>/checkpoints/ckpt_N.pt`` → ``<run>``; elsewhere its folder."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-
-
 def load_run(path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True) -> Run:
     """Load a run directory (its newest checkpoint) or a checkpoint file into a :class:`Run`.
 
@@ -205,11 +198,8 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu", use_ema: b
     from dae_gen.distributed import resolve_device
 
     path = Path(path)
-    checkpoint = latest_checkpoint(path) if path.is_dir() else path
-    if checkpoint is None:
-        raise CheckpointError(f"no checkpoint in {path}: expected {checkpoint_dir(path)}/ckpt_<step>.pt (train a "
-                              "model there first, or give a checkpoint file)")
-    state = load_checkpoint(checkpoint, map_location="cpu")
+    run_dir = RunDir.of(path)
+    state, checkpoint = run_dir.load(None if path.is_dir() else path, map_location="cpu")
     config = OmegaConf.create(state["config"])
     if "model" not in config or "data_shape" not in config:
         raise CheckpointError(f"the checkpoint at {path} holds no model config; was it written by dae-gen-train?")
@@ -225,8 +215,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu", use_ema: b
         raise CheckpointError(f"the {weights} weights in {checkpoint} do not fit the model its config describes: "
                               f"{str(err).splitlines()[0]}") from err
     model = model.to(torch.device(resolve_device(str(device)))).eval().requires_grad_(False)
-    run_dir = path if path.is_dir() else run_directory(path)
-    return Run(path=run_dir, checkpoint=checkpoint, config=config, model=model, step=int(state["step"]), data=data,
+    return Run(path=run_dir.path, checkpoint=checkpoint, config=config, model=model, step=int(state["step"]), data=data,
                use_ema=use_ema)
 
 

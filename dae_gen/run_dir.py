@@ -69,15 +69,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """Exclusive, re-entrant (within one process) use of a run directory: ``with RunLock(run_dir): ...``.
+    """Exclusive use of a run directory: ``with RunLock(run_dir): ...``. Not re-entrant: a second acquisition,
+    even by the process that holds it, is refused (one launch takes the lock once).
 
     run_dir:  the folder to lock; created if missing (the lock is the first file written into it).
     """
 
-    _held: dict[Path, int] = {}  # lock path → nesting depth in this process
-
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir).resolve() / LOCK_NAME
+        self.held = False
 
     def holder(self) -> dict | None:
         """What the lock file says of its holder (``host``, ``pid``, ``started``, ``command``), or None."""
@@ -92,9 +92,6 @@ class RunLock:
         return bool(holder) and holder.get("host") == socket.gethostname() and not _pid_alive(int(holder["pid"]))
 
     def acquire(self) -> "RunLock":
-        if self.path in self._held:
-            self._held[self.path] += 1
-            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": " ".join(sys.argv)}
@@ -110,23 +107,21 @@ class RunLock:
                                 holder.get("pid"), holder.get("host"))
                     self.path.unlink(missing_ok=True)
                     continue
-                who = (f"PID {holder.get('pid')} on {holder.get('host')} since {holder.get('started')} "
+                mine = bool(holder) and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+                who = ("this process: the lock is taken once per launch" if mine else
+                       f"PID {holder.get('pid')} on {holder.get('host')} since {holder.get('started')} "
                        f"({holder.get('command')})") if holder else "another process"
                 raise RunLocked(f"{self.path.parent} is in use by {who}. Wait for it to finish, or use another "
                                 f"directory; if that process is gone (another machine), delete {self.path}")
             with os.fdopen(fd, "w") as handle:
                 json.dump(me, handle)
-            self._held[self.path] = 1
+            self.held = True
             return self
         raise RunLocked(f"could not take the lock {self.path}: it keeps reappearing; is another trainer starting?")
 
     def release(self) -> None:
-        depth = self._held.get(self.path, 0)
-        if depth > 1:
-            self._held[self.path] = depth - 1
-            return
-        if depth == 1:
-            del self._held[self.path]
+        if self.held:
+            self.held = False
             holder = self.holder()
             if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
                 self.path.unlink(missing_ok=True)
@@ -302,23 +297,32 @@ class RunCheckpoints:
         if path is None:
             return None
         state = found[0] if found is not None else load_checkpoint(path, map_location=map_location)
-        self.newest, self.newest_step = Path(path), int(state["step"])
-        self.newest_max_abs_weight = state.get("max_abs_weight")
+        self.adopt(Path(path), state)
         return state
 
     def _newest_readable(self, map_location) -> tuple[dict[str, Any] | None, Path | None]:
-        self._remove_stale_temporaries()
         state, path, unreadable = newest_readable_checkpoint(self.run_dir, map_location=map_location)
         if state is None and unreadable:
             raise none_readable(self.run_dir, unreadable)
+        self.set_aside(unreadable, resuming_from=path)
+        return state, path
+
+    def set_aside(self, unreadable: Sequence[tuple[Path, str]], *, resuming_from: Path | None) -> None:
+        """Rename each unreadable checkpoint ``<name>.unreadable`` (one warning each: it leaves the rotation but
+        stays for inspection) and remove the temporary files of dead writers; rank 0 only."""
+        self._remove_stale_temporaries()
         for bad, reason in unreadable:
             aside = bad.with_name(bad.name + ".unreadable")
             n = 1
             while aside.exists():
                 aside, n = bad.with_name(f"{bad.name}.unreadable{n}"), n + 1
             os.replace(bad, aside)
-            log.warning("%s; kept as %s, resuming from %s", reason, aside.name, path)
-        return state, path
+            log.warning("%s; kept as %s, resuming from %s", reason, aside.name, resuming_from)
+
+    def adopt(self, path: Path, state: dict[str, Any]) -> None:
+        """Record that the run resumes from ``path`` (read by the caller as ``state``): the newest checkpoint."""
+        self.newest, self.newest_step = Path(path), int(state["step"])
+        self.newest_max_abs_weight = state.get("max_abs_weight")
 
     def _remove_stale_temporaries(self) -> None:
         """Partial writes of killed processes (``*.pt.tmp<pid>`` whose PID is gone): never a live writer's."""

@@ -17,33 +17,32 @@ after lr=1e6 the newest checkpoint is the last one before the explosion, or none
 largest ``|weight|``, and the divergence message reports it and warns when the newest checkpoint's weights are
 the ones that gave the first non-finite loss.
 
-Around the loop (run-directory concerns live in :mod:`dae_gen.run_dir`): the run-directory lock, stop signals
-(checkpoint at the finished step, then :class:`~dae_gen.errors.TrainingInterrupted`), checkpoints in rotation
-resumed from the newest readable one, sample grids, evaluation, ``metrics.jsonl`` and a progress bar.
+Around the loop: the run-directory lock and the resume (:mod:`dae_gen.run_folder`), and hooks
+(:mod:`dae_gen.train_hooks`) for everything that is not a step: the log and progress bar, the stop policy (stop
+signals: a checkpoint at the finished step, then :class:`~dae_gen.errors.TrainingInterrupted`; divergence),
+periodic checkpoints, sample grids and evaluation with ``best.pt``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
-import shutil
-import signal
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from dae_gen import distributed as D
-from dae_gen.checkpoint import describe_os_error
-from dae_gen.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
+from dae_gen.errors import CheckpointError, TrainingDiverged, TrainingInterrupted  # noqa: F401 (raised by hooks)
 from dae_gen.objectives.base import Objective
 from dae_gen.precision import autocast, check_amp, describe_amp, resolve_amp
-from dae_gen.run_dir import MetricsLog, RunCheckpoints, RunDirError, StopSignals, hold_run_dir, parse_signals
+from dae_gen.run_dir import parse_signals
+from dae_gen.run_folder import ResumePlan, RunDir
+from dae_gen.train_hooks import Checkpointing, Evaluation, Hook, ProgressLog, SampleGrids, StopPolicy, call_hooks
 from dae_gen.samplers.batches import draw_samples
 
 log = logging.getLogger(__name__)
@@ -115,10 +114,6 @@ def clip_gradients(params: list[nn.Parameter], *, max_norm: float | None, mode: 
     for g in grads:
         g.mul_(scale)
     return norm
-
-
-class _GridAborted(Exception):
-    """A stop signal arrived while a sample grid was being drawn."""
 
 
 # -- the trainer --------------------------------------------------------------------------------------
@@ -200,7 +195,7 @@ class Trainer:
         self.stop_signals, self.max_nonfinite_steps = list(stop_signals), int(max_nonfinite_steps)
         self.seed, self.config = int(seed), run_config or {}
         self.progress, self.tensorboard = progress, tensorboard
-        self.checkpoints = RunCheckpoints(self.run_dir, keep=keep_checkpoints)
+        self.checkpoints = RunDir(self.run_dir).checkpoints(keep=keep_checkpoints)
 
         phase_lr = dict(phase_lr or {})
         unknown = set(phase_lr) - {name for name, _ in objective.phases}
@@ -230,7 +225,8 @@ class Trainer:
         self.best = math.inf
         self.skipped_steps, self.nonfinite_streak = 0, 0
         self.last_nonfinite: dict[str, Any] = {}
-        self.newest_grid: Path | None = None
+        self.newest_grid: Path | None = None  # set by the SampleGrids hook
+        self.resumed = False
         self.data_generator = torch.Generator(device="cpu")
         self.data_generator.manual_seed(self.seed * 1000 + D.rank())
         torch.manual_seed(self.seed * 1000 + D.rank())
@@ -285,7 +281,7 @@ class Trainer:
         """Checkpoint the current state as ``ckpt_<step>.pt`` (rank 0 writes; every rank calls it)."""
         return self.checkpoints.save(self.state_dict())
 
-    def _checkpoint_step(self) -> bool:
+    def checkpoint_step(self) -> bool:
         """Checkpoint the step just finished, unless it already is, or its weights have just given a non-finite
         loss (a run of skipped steps: see the module docstring). Returns whether a checkpoint of it exists."""
         if self.checkpoints.newest_step == self.step:
@@ -356,150 +352,84 @@ class Trainer:
         logs["skipped_steps"] = self.skipped_steps
         return logs
 
-    # -- periodic work ------------------------------------------------------------------------------
-    def sample(self, n: int, *, seed: int = 0, progress: bool = False, callback=None) -> Tensor:
-        """``n`` samples from the EMA model with a fixed seed (so grids are comparable across steps), on the CPU."""
-        if self.sampler is None:
+    # -- what hooks call ------------------------------------------------------------------------------
+    def sample(self, n: int, *, sampler: Callable[..., Tensor] | None = None, seed: int = 0, progress: bool = False,
+               callback=None) -> Tensor:
+        """``n`` samples from the EMA model with a fixed seed (so grids are comparable across steps), on the CPU;
+        ``sampler``: a driver (default: the trainer's own)."""
+        sampler = sampler if sampler is not None else self.sampler
+        if sampler is None:
             raise RuntimeError("no sampler was given to the trainer")
-        return draw_samples(self.ema.module, self.sampler, n, batch_size=n, seed=seed, progress=progress,
+        return draw_samples(self.ema.module, sampler, n, batch_size=n, seed=seed, progress=progress,
                             callback=callback, desc=f"grid at step {self.step}")
 
-    def _write_samples(self, stop: StopSignals | None = None) -> None:
-        """Draw and save a grid (on rank 0), with its own progress bar; a stop signal abandons it."""
-        if self.sampler is None or self.save_samples is None:
-            return
-
-        def abort_on_stop(info: dict) -> None:
-            if stop is not None and stop.received is not None:
-                raise _GridAborted
-
-        try:
-            samples = self.sample(self.n_samples, progress=self.progress, callback=abort_on_stop)
-        except _GridAborted:
-            log.info("sample grid at step %d abandoned: stopping", self.step)
-            return
-        path = self.run_dir / "samples" / f"samples_{self.step:08d}.png"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.save_samples(samples, path)
-            shutil.copyfile(path, self.run_dir / "samples.png")  # the newest grid, under a fixed name
-        except OSError as err:
-            raise RunDirError(f"cannot write the sample grid {path}: {describe_os_error(err)}") from None
-        self.newest_grid = path
-
-    def _evaluate(self, metrics_log: MetricsLog) -> None:
-        """Run the evaluator on the EMA model (on rank 0); log its metrics; keep ``best.pt`` by ``best_metric``."""
-        if self.evaluator is None:
-            return
-        metrics = self.evaluator(self.ema.module, self.step)
-        metrics_log.write(self.step, {f"eval/{k}": float(v) for k, v in metrics.items()})
-        value = metrics.get(self.best_metric)
-        if value is not None and float(value) < self.best:
-            self.best = float(value)
-            self.checkpoints.save_as(self.state_dict(), "best.pt")
-
-    # -- stopping -----------------------------------------------------------------------------------
-    def _stop_on_signal(self, stop: StopSignals, received: signal.Signals) -> None:
-        """Checkpoint the step just finished, hand the signal on (submitit requeues), raise TrainingInterrupted."""
-        written = self._checkpoint_step()
-        D.barrier()  # every rank leaves only once the checkpoint is on disk
-        stop.forward()
-        where = (f"checkpoint {self.checkpoints.newest} written." if written else
-                 f"no checkpoint at this step (its loss was not finite). {self.checkpoints.describe_newest()}")
-        raise TrainingInterrupted(f"{received.name} received: stopped after step {self.step}/{self.steps}; {where} "
-                                  "Run the same command to resume.", int(received))
-
-    def _stop_diverged(self) -> None:
-        first = self.step - self.nonfinite_streak + 1
-        last = self.last_nonfinite
-        suspect = ""
-        if self.checkpoints.newest_step == first - 1:  # written just before the first non-finite loss
-            suspect = (" Its weights gave the first non-finite loss, so resuming from it will likely diverge again: "
-                       "move it aside to resume from the one before.")
-        raise TrainingDiverged(
-            f"{self.nonfinite_streak} steps in a row ({first}–{self.step}) had a non-finite loss or gradient (last: "
-            f"phase {last.get('phase')!r}, loss={last.get('loss')}, grad_norm={last.get('grad_norm')}); their updates "
-            f"were skipped and training stopped. {self.checkpoints.describe_newest()}{suspect} Lower "
-            "trainer.optimizer.lr or set trainer.grad_clip; the same command then "
-            f"{'starts the run afresh' if self.checkpoints.newest is None else 'resumes from the newest checkpoint'}.")
-
-    # -- the loop -----------------------------------------------------------------------------------
-    def _log_step(self, logs: dict[str, Any], metrics_log: MetricsLog | None, bar, started: float,
-                  start_step: int) -> dict[str, float]:
-        values = {k: float(D.all_mean(v) if isinstance(v, Tensor) else v) for k, v in logs.items()}
-        values["steps_per_s"] = (self.step - start_step) / max(time.perf_counter() - started, 1e-9)
-        D.on_main(lambda: metrics_log.write(self.step, values))
-        bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k.startswith("loss/")})
-        return values
-
-    def _announce(self, resumed: bool) -> None:
+    def announce(self) -> None:
+        """Log the run directory, device, size and precision, and whether this session resumed (rank 0)."""
         if not D.is_main_process():
             return
         n_params = sum(p.numel() for p in self.objective.parameters())
         log.info("run directory %s; device %s%s; %s parameters; %s", self.run_dir, self.device,
                  f" × {D.world_size()} processes" if D.world_size() > 1 else "", f"{n_params:,}",
                  describe_amp(self.amp, self.device))
-        if resumed:
+        if self.resumed:
             log.info("resumed from step %d (%s)", self.step, self.checkpoints.newest)
         else:
             log.info("new run: %d steps", self.steps)
 
-    def _stop_if_asked(self, stop: StopSignals) -> None:
-        """After each step: a stop signal (on any rank) or too many non-finite steps in a row end training."""
-        received = D.max_over_ranks(int(stop.received or 0), self.device)  # all ranks stop at the same step
-        if received:
-            self._stop_on_signal(stop, signal.Signals(int(received)))
-        if self.nonfinite_streak >= self.max_nonfinite_steps:
-            self._stop_diverged()
+    def default_hooks(self) -> list[Hook]:
+        """The hooks built from this trainer's run-folder settings (periods, sampler, evaluator, stop policy), in
+        the order they run: log, stop policy, checkpoint, grid, evaluation."""
+        progress = ProgressLog(log_every=self.log_every, progress=self.progress, tensorboard=self.tensorboard)
+        stop = StopPolicy(signals=self.stop_signals, max_nonfinite_steps=self.max_nonfinite_steps)
+        hooks: list[Hook] = [progress, stop, Checkpointing(every=self.ckpt_every)]
+        if self.sampler is not None and self.save_samples is not None:
+            hooks.append(SampleGrids(sampler=self.sampler, save_samples=self.save_samples, every=self.sample_every,
+                                     n_samples=self.n_samples, progress=self.progress, stop=stop))
+        if self.evaluator is not None:
+            hooks.append(Evaluation(evaluator=self.evaluator, every=self.eval_every, best_metric=self.best_metric,
+                                    metrics=progress))
+        return hooks
 
-    def _periodic_work(self, stop: StopSignals, metrics_log: MetricsLog | None) -> None:
-        if self.ckpt_every and self.step % self.ckpt_every == 0:
-            self._checkpoint_step()
-        if self.sample_every and self.step % self.sample_every == 0:
-            D.on_main(lambda: self._write_samples(stop))
-        if self.eval_every and self.step % self.eval_every == 0:
-            D.on_main(lambda: self._evaluate(metrics_log))
-
-    def _summarise(self, last: dict[str, float], seconds: float, start_step: int) -> None:
-        if not D.is_main_process():
-            return
-        losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("loss/"))
-        log.info("finished %d steps (%d this session) in %.1f s%s%s; newest checkpoint %s; newest grid %s",
-                 self.step, self.step - start_step, seconds, f"; {losses}" if losses else "",
-                 f"; {self.skipped_steps} non-finite steps skipped" if self.skipped_steps else "",
-                 self.checkpoints.newest, self.newest_grid)
-
-    def fit(self) -> dict[str, float]:
+    # -- the loop -----------------------------------------------------------------------------------
+    def fit(self, *, plan: ResumePlan | None = None, hooks: Sequence[Any] | None = None) -> dict[str, float]:
         """Train until ``steps``, resuming from the run directory's newest readable checkpoint if there is one.
 
-        Raises :class:`~dae_gen.errors.TrainingInterrupted` after a stop signal (a checkpoint at the finished
-        step is on disk), :class:`~dae_gen.errors.TrainingDiverged` after ``max_nonfinite_steps`` non-finite
-        steps in a row, :class:`~dae_gen.run_dir.RunLocked` when another process is using the run directory.
+        plan:   a launch's :class:`~dae_gen.run_folder.ResumePlan` whose state this trainer has already loaded
+                (``load_state_dict(plan.state)``), with the caller holding the run directory's lock
+                (:meth:`~dae_gen.run_folder.RunDir.lock`): nothing is read again, the lock is not taken again.
+                None: take the lock and resume from the newest readable checkpoint here.
+        hooks:  what runs around the steps (``dae_gen.train_hooks``); None: :meth:`default_hooks`.
+
+        With the default hooks, raises :class:`~dae_gen.errors.TrainingInterrupted` after a stop signal (a
+        checkpoint at the finished step is on disk), :class:`~dae_gen.errors.TrainingDiverged` after
+        ``max_nonfinite_steps`` non-finite steps in a row; :class:`~dae_gen.run_dir.RunLocked` when another
+        process is using the run directory.
         """
-        main = D.is_main_process()
-        with hold_run_dir(self.run_dir), StopSignals(self.stop_signals) as stop:
-            resumed = self.maybe_resume()
-            self._announce(resumed)
-            metrics_log = D.on_main(lambda: MetricsLog(self.run_dir, resume_step=self.step,
-                                                       tensorboard=self.tensorboard))  # None off rank 0
-            bar = tqdm(total=self.steps, initial=self.step, desc="train", dynamic_ncols=True,
-                       disable=not (self.progress and main))
-            started, start_step, last = time.perf_counter(), self.step, {}
+        hooks = self.default_hooks() if hooks is None else list(hooks)
+        with contextlib.ExitStack() as held:
+            if plan is None:
+                held.enter_context(RunDir(self.run_dir).lock())
+                self.resumed = self.maybe_resume()
+            else:
+                if self.step != plan.step:
+                    raise RuntimeError(f"the plan resumes step {plan.step} but the trainer is at step {self.step}: "
+                                       "load_state_dict(plan.state) first")
+                RunDir(self.run_dir).start(plan, self.checkpoints)
+                self.resumed = plan.state is not None
+            started = []
+            failed = True
             try:
+                for hook in hooks:
+                    if hasattr(hook, "on_fit_start"):
+                        hook.on_fit_start(self)
+                    started.append(hook)
                 while self.step < self.steps:
                     logs = self.train_step()
-                    if self.log_every and (self.step % self.log_every == 0 or self.step == self.steps):
-                        last = self._log_step(logs, metrics_log, bar, started, start_step)
-                    bar.update(1)
-                    self._stop_if_asked(stop)
-                    self._periodic_work(stop, metrics_log)
-                self._checkpoint_step()
-                if self.sample_every == 0 or self.step % self.sample_every:
-                    D.on_main(lambda: self._write_samples(stop))
+                    call_hooks(hooks, "on_step_end", self, logs)
+                call_hooks(hooks, "on_fit_end", self)
+                failed = False
             finally:
-                bar.close()
-                if metrics_log is not None:
-                    metrics_log.close()
+                call_hooks(list(reversed(started)), "on_close", self, failed)
             D.barrier()
-        self._summarise(last, time.perf_counter() - started, start_step)
-        return {**last, "resumed": float(resumed), "step": float(self.step)}
+        last = next((h.last for h in hooks if isinstance(h, ProgressLog)), {})
+        return {**last, "resumed": float(self.resumed), "step": float(self.step)}

@@ -30,6 +30,7 @@ from dae_gen.nets.mlp import ScoreMLP
 from dae_gen.noise import geometric_sigmas
 from dae_gen.objectives.dsm import DenoisingScoreMatching
 from dae_gen.run_dir import MetricsLog, RunCheckpoints, RunDirError, RunLock, RunLocked, StopSignals, parse_signals
+from dae_gen.run_folder import RunDir
 from dae_gen.trainer import Trainer
 
 
@@ -382,10 +383,21 @@ def test_a_locked_folder_is_refused_in_process_and_nothing_is_written(tmp_path):
     assert load_checkpoint(tmp_path)["step"] == 3 and not (tmp_path / ".lock").exists()
 
 
-def test_the_trainer_reenters_a_lock_its_own_process_holds(tmp_path):
-    with RunLock(tmp_path):  # what dae-gen-train does before writing config.yaml
-        make_trainer(tmp_path, steps=3).fit()
-        assert (tmp_path / ".lock").exists()
+def test_the_lock_is_taken_once_and_a_planned_fit_neither_relocks_nor_rereads(tmp_path, monkeypatch):
+    make_trainer(tmp_path, steps=5).fit()
+    run = RunDir(tmp_path)
+    with run.lock():
+        with pytest.raises(RunLocked, match="this process"):  # a plain lock: a second acquisition is refused
+            RunLock(tmp_path).acquire()
+        plan = run.plan({}, [])
+        assert plan.step == 5 and plan.checkpoint == tmp_path / "checkpoints" / "ckpt_00000005.pt"
+        trainer = make_trainer(tmp_path, steps=8)
+        trainer.load_state_dict(plan.state)
+        reads = []
+        real_load = torch.load
+        monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+        assert trainer.fit(plan=plan)["step"] == 8.0
+        assert reads == [] and (tmp_path / ".lock").exists()
     assert not (tmp_path / ".lock").exists()
 
 

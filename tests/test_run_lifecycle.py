@@ -173,7 +173,7 @@ def test_a_refused_new_run_leaves_no_folder(tmp_path):
 
 # -- the safe/unsafe split and the toy metrics, in-process -----------------------------------------------------
 def test_resumed_config_takes_only_the_touched_keys_and_classifies_each_change():
-    from dae_gen.cli.resume import resumed_config
+    from dae_gen.resume import resumed_config
 
     stored = {"seed": 0, "dataset": {"_target_": "m", "n_modes": 8}, "trainer": {"steps": 4, "batch_size": 8},
               "sampler": {"n_steps_each": 50}, "data_shape": [2]}
@@ -205,3 +205,21 @@ def test_toy_metrics_of_exact_samples_sit_at_the_floor_and_a_shift_is_measured()
     shifted = compare_with_exact(exact + torch.tensor([3.0, 4.0]), data, seed=0)
     assert shifted["sliced_wasserstein"] == pytest.approx(5 / math.sqrt(2), rel=0.05)
     assert shifted["outliers"] > 0.99
+
+
+def test_one_resume_reads_its_checkpoint_once_and_takes_the_lock_once(run, monkeypatch):
+    from hydra import compose, initialize_config_module
+
+    from dae_gen.cli.train import train
+    from dae_gen.run_dir import RunLock
+
+    with initialize_config_module(config_module="dae_gen.configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*TRAIN[1:], "trainer.steps=6"])
+    reads, locks = [], []
+    real_load, real_acquire = torch.load, RunLock.acquire
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(str(a[0])) or real_load(*a, **k))
+    monkeypatch.setattr(RunLock, "acquire", lambda self: locks.append(self.path) or real_acquire(self))
+    result = train(cfg, run, touched=None, command="test")
+    assert result["resumed"] == 1.0 and result["step"] == 6.0
+    assert reads == [str(run / "checkpoints" / "ckpt_00000004.pt")] and len(locks) == 1
+    assert load_checkpoint(run)["step"] == 6 and not (run / ".lock").exists()

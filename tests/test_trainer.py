@@ -18,6 +18,7 @@ from dae_gen.nets.mlp import ScoreMLP
 from dae_gen.noise import geometric_sigmas
 from dae_gen.objectives.base import Objective
 from dae_gen.objectives.dsm import DenoisingScoreMatching
+from dae_gen.train_hooks import Hook
 from dae_gen.trainer import EMA, Trainer, TrainingDiverged, clip_gradients, cosine_schedule, warmup_schedule
 
 
@@ -286,3 +287,39 @@ def test_warmup_schedule_ramps_linearly_then_holds():
         sched.step()
         lrs.append(opt.param_groups[0]["lr"])
     assert lrs == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.2, 0.2, 0.2])
+
+
+class _Snapshots(Hook):
+    """What a post-hoc EMA hook sees: a copy of the weights after every step, and how the fit ended."""
+
+    def __init__(self):
+        self.steps, self.weights, self.closed = [], {}, None
+
+    def on_step_end(self, trainer, logs):
+        self.steps.append(trainer.step)
+        self.weights = {k: v.detach().clone() for k, v in trainer.objective.state_dict().items()}
+
+    def on_close(self, trainer, failed):
+        self.closed = failed
+
+
+def test_hooks_see_every_step_and_the_step_mechanics_do_not_depend_on_them(tmp_path):
+    default = make_trainer(tmp_path / "default", steps=6)
+    snapshots = _Snapshots()
+    default.fit(hooks=[*default.default_hooks(), snapshots])
+    assert snapshots.steps == [1, 2, 3, 4, 5, 6] and snapshots.closed is False
+    final = load_checkpoint(tmp_path / "default")
+    assert final["step"] == 6 and all(torch.equal(final["model"][k], v) for k, v in snapshots.weights.items())
+
+    bare = make_trainer(tmp_path / "bare", steps=6)
+    assert bare.fit(hooks=[])["step"] == 6.0
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == []  # no hook: nothing written, lock released
+    assert all(torch.equal(bare.objective.state_dict()[k], v) for k, v in snapshots.weights.items())
+
+
+def test_a_hook_learns_that_the_fit_failed(tmp_path):
+    snapshots = _Snapshots()
+    trainer = make_trainer(tmp_path, steps=20, objective=_Injected(range(1, 100)), max_nonfinite_steps=3)
+    with pytest.raises(TrainingDiverged):
+        trainer.fit(hooks=[*trainer.default_hooks(), snapshots])
+    assert snapshots.steps == [1, 2] and snapshots.closed is True  # the stop policy, before it, ended step 3

@@ -30,19 +30,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dae_gen import benchmark as B
-from dae_gen.cli.common import (
-    CONFIG_PATH,
-    building,
-    check_threads,
-    command_line,
-    reports_user_errors,
-    run_cli,
-    set_threads,
-)
+from dae_gen.cli.checks import building, check_threads, set_threads
+from dae_gen.cli.launch import CONFIG_PATH, command_line, reports_user_errors, run_cli
+from dae_gen.cli.train import build_grid_sampler, build_model, build_trainer
 from dae_gen.distributed import resolve_device
 from dae_gen.errors import ConfigError, DataError
 from dae_gen.precision import bf16_support, driver_amp, resolve_amp
-from dae_gen.run import build_sampler
 from dae_gen.threads import busy_cores
 
 #: How many fake images to write when a preset's data is missing (enough for any preset's batch).
@@ -116,16 +109,10 @@ class Setting:
     def __init__(self, label: str, cfg: DictConfig, overrides: dict, *, data, device: torch.device, scratch: Path):
         self.label, self.cfg, self.overrides = label, cfg, overrides
         self.threads = overrides.get("threads")
-        torch.manual_seed(cfg.seed)
-        with building("model"):
-            self.model = instantiate(cfg.model, data_shape=list(data.shape))
-        with building("sampler"):
-            self.sampler, _ = build_sampler(cfg.sampler)
-            self.sampler(self.model, 0)  # validates the sampler's settings, as dae-gen-train does
-        with building("trainer"):
-            make_trainer = instantiate(cfg.trainer)
-            self.trainer = make_trainer(objective=self.model, data=data, run_dir=scratch / "run", seed=cfg.seed,
-                                        device=device, progress=False, tensorboard=False)
+        self.model = build_model(cfg, data)  # everything as dae-gen-train builds it
+        self.sampler, _ = build_grid_sampler(cfg, self.model)
+        self.trainer = build_trainer(cfg, model=self.model, data=data, sampler=self.sampler, run_dir=scratch / "run",
+                                     device=device, progress=False, tensorboard=False)
         self.sample_batch = int(cfg.bench.sample_batch or cfg.trainer.n_samples)
         self.effective = {"amp": self.trainer.amp, "sampler_amp": resolve_amp(driver_amp(self.sampler), device),
                           "compile": bool(cfg.trainer.compile), "batch_size": self.trainer.batch_size}

@@ -35,10 +35,8 @@ from dae_gen.cli.common import (
     check_values,
     cli_sampler,
     explicit_output_dir,
-    new_output_dir,
     reports_user_errors,
     run_cli,
-    run_folder,
     set_threads,
 )
 from dae_gen.data.base import DataInfo
@@ -49,6 +47,7 @@ from dae_gen.metrics.inception import InceptionFeatures, quantize, resolve_weigh
 from dae_gen.metrics.toy import compare_with_exact
 from dae_gen.precision import driver_amp, resolve_amp
 from dae_gen.run import load_run
+from dae_gen.run_folder import RunDir
 from dae_gen.samplers.batches import count_nonfinite, draw_samples
 from dae_gen.samplers.nfe import CountingModel
 
@@ -144,8 +143,8 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
               "use_ema": cfg.use_ema if run is not None else None,
               "seconds": time.perf_counter() - started}
     if out_dir is None:
-        beside = Path(run_folder(str(source), "")) if source is not None else Path(str(cfg.samples)).parent
-        out_dir = new_output_dir(beside / "eval")
+        beside = RunDir.of(str(source)) if source is not None else RunDir(Path(str(cfg.samples)).parent)
+        out_dir = beside.output_folder("eval")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -34,7 +34,6 @@ from dae_gen.cli.common import (
     cli_sampler,
     command_line,
     explicit_output_dir,
-    new_output_dir,
     reports_user_errors,
     run_cli,
     sampler_label,
@@ -43,6 +42,7 @@ from dae_gen.cli.common import (
 from dae_gen.metrics.inception import quantize
 from dae_gen.precision import resolve_amp
 from dae_gen.run import Run, load_run
+from dae_gen.run_folder import RunDir
 from dae_gen.samplers.batches import draw_samples
 from dae_gen.samplers.nfe import CountingModel
 
@@ -81,7 +81,7 @@ def sample(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     if cfg.get("task", "sample") != "sample":  # inpaint | interpolate | trajectory | denoise
         from dae_gen.cli.tasks import run_task
 
-        out_dir = Path(out_dir) if out_dir is not None else new_output_dir(run.path / "samples_cli")
+        out_dir = Path(out_dir) if out_dir is not None else RunDir(run.path).output_folder("samples_cli")
         picture = run_task(run, cfg, sampler, out_dir)
         log.info("task=%s of %s (step %d, %s) written to %s", cfg.task, run.checkpoint, run.step,
                  sampler_label(settings), picture)
@@ -92,7 +92,7 @@ def sample(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     record = sampling_record(run, settings, seed=cfg.seed, n_samples=cfg.n_samples, batch_size=cfg.batch_size,
                              nfe_per_image=counted.nfe_per_image(cfg.n_samples),
                              command=command_line("dae-gen-sample"))
-    out_dir = Path(out_dir) if out_dir is not None else new_output_dir(run.path / "samples_cli")
+    out_dir = Path(out_dir) if out_dir is not None else RunDir(run.path).output_folder("samples_cli")
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"{type(run.model).__name__} · {sampler_label(settings)} · step {run.step}"
     written = [run.save_grid(samples, out_dir / "samples.png", title=title)]

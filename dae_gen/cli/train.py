@@ -9,7 +9,7 @@ Examples::
     dae-gen-train run=outputs/my_run trainer.steps=6000   # resume with more steps (recorded in its history)
     torchrun --standalone --nproc_per_node=2 -m dae_gen.cli.train trainer.batch_size=64
 
-A folder that holds a run is resumed with the config it stores; see :mod:`dae_gen.cli.resume` for what a
+A folder that holds a run is resumed with the config it stores; see :mod:`dae_gen.resume` for what a
 command line may change. Everything is built and checked before the first write into the folder.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,36 +30,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from dae_gen import distributed as D
 from dae_gen.benchmark import training_workload
-from dae_gen.checkpoint import latest_checkpoint, load_checkpoint
-from dae_gen.cli.common import (
-    CONFIG_PATH,
-    PROCESS_START,
-    building,
-    check_arguments,
-    check_positive,
-    check_threads,
-    check_values,
-    collected_log,
-    command_line,
-    reports_user_errors,
-    run_cli,
-    run_folder,
-    run_log,
-    sampler_label,
-    set_threads,
-)
-from dae_gen.cli.resume import (
-    LAUNCH_KEYS,
-    record_launch,
-    refuse_unsafe,
-    resumed_config,
-    stored_config,
-    write_config,
-)
+from dae_gen.cli.checks import building, check_arguments, check_positive, check_threads, check_values, set_threads
+from dae_gen.cli.launch import CONFIG_PATH, command_line, process_start, reports_user_errors, run_cli
+from dae_gen.cli.logs import collected_log, run_log
+from dae_gen.cli.sampling import sampler_label
 from dae_gen.errors import CheckpointError, ConfigError, DataError
 from dae_gen.precision import resolve_amp
 from dae_gen.run import build_sampler
-from dae_gen.run_dir import hold_run_dir
+from dae_gen.resume import LAUNCH_KEYS
+from dae_gen.run_folder import ResumePlan, RunDir
 from dae_gen.viz import reference_points, sample_saver
 
 log = logging.getLogger("dae_gen.cli")
@@ -67,64 +46,47 @@ log = logging.getLogger("dae_gen.cli")
 TRAIN_KEYS = {"seed": int, "device": str}
 
 
-def plan(run_dir: Path, requested: dict, touched: Iterable[str] | None) -> tuple[dict, list, Path | None]:
-    """The config this launch trains with, what it changes in the stored one, and the checkpoint to resume.
-
-    A new folder: ``requested`` as given. A folder holding a run: its stored config with the ``touched`` keys
-    taken from ``requested``; changes that would alter what was trained are refused (ConfigError).
-    """
-    stored, checkpoint = stored_config(run_dir)
-    if stored is None:
-        return requested, [], None
-    config, changes = resumed_config(stored, requested, touched)
-    refuse_unsafe(changes, run_dir)
-    for key in ("data_shape", "data_info"):
-        if key in stored:
-            config[key] = stored[key]
-    return config, changes, checkpoint
-
-
 def train(cfg: DictConfig, run_dir: str | Path, *, touched: Iterable[str] | None = None,
           command: str | None = None) -> dict[str, float]:
     """Build data, model, sampler and trainer from a composed config and train in ``run_dir``.
 
-    If ``run_dir`` holds a run, resume it with its stored config (see :func:`plan`).
+    If ``run_dir`` holds a run, resume it with its stored config (see :meth:`dae_gen.run_folder.RunDir.plan`).
     touched:  the keys this launch's command line sets (``None``: every key of ``cfg`` is compared).
     command:  the command line recorded in ``config_history.jsonl``.
     """
-    run_dir = Path(run_dir)
+    run_dir = RunDir(run_dir)
     requested = OmegaConf.to_container(cfg, resolve=True)
     for key in LAUNCH_KEYS:
         requested.pop(key, None)
     touched = None if touched is None else list(touched)
-    config, _, _ = plan(run_dir, requested, touched)  # read-only: which device to start on
-    device = D.init_distributed(config.get("device", "auto"))
+    device = D.init_distributed(run_dir.stored_device(requested, touched))  # before the (collective) lock
     with contextlib.ExitStack() as held:
         with collected_log() as earlier:  # lines logged before train.log may be written: copied there after
             # no other process may write here now (rank 0 holds the lock; a refusal ends every rank); released
-            # (removed) if anything fails
-            held.enter_context(hold_run_dir(run_dir))
-            config, changes, checkpoint = plan(run_dir, requested, touched)
-            trainer, config, start = build(config, run_dir=run_dir, device=device, checkpoint=checkpoint)
+            # (removed) if anything fails. The plan reads the newest readable checkpoint, once.
+            held.enter_context(run_dir.lock())
+            plan = run_dir.plan(requested, touched)
+            trainer, plan.config = build(plan.config, run_dir=run_dir.path, device=device, plan=plan)
+        start = plan.step
         if start >= trainer.steps:
             log.info("%s is already at trainer.steps=%d: nothing to train (raise trainer.steps to train on)",
-                     run_dir, start)
+                     run_dir.path, start)
             return {"step": float(start), "resumed": 1.0}
         if not D.is_main_process():
-            return trainer.fit()
-        write_config(run_dir, config)
-        history = record_launch(run_dir, command=command or " ".join(sys.argv), step=start, changes=changes)
-        with run_log(run_dir, earlier):
-            if changes:
-                log.info("resuming %s with changes (recorded in %s): %s", run_dir, history.name,
-                         "; ".join(map(str, changes)))
-            return trainer.fit()
+            return trainer.fit(plan=plan)
+        run_dir.write_config(plan.config)
+        history = run_dir.record_launch(command=command or " ".join(sys.argv), step=start, changes=plan.changes)
+        with run_log(run_dir.path, earlier):
+            if plan.changes:
+                log.info("resuming %s with changes (recorded in %s): %s", run_dir.path, history.name,
+                         "; ".join(map(str, plan.changes)))
+            return trainer.fit(plan=plan)
 
 
-def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, checkpoint: Path | None
-          ) -> tuple[Any, dict, int]:
-    """Check the config and build everything from it, nothing written: the trainer, the config to store (with
-    ``data_shape`` and ``data_info``) and the step it starts from (``checkpoint``'s, checked to fit, or 0)."""
+def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, plan: ResumePlan | None = None
+          ) -> tuple[Any, dict]:
+    """Check the config and build everything from it, nothing written: the trainer (with ``plan``'s checkpoint
+    state loaded, checked to fit) and the config to store (with ``data_shape`` and ``data_info``)."""
     check_values(config, TRAIN_KEYS)
     check_arguments(config, skip=("sampler",))  # the sampler: by build_sampler, naming its settings
     trainer_cfg = config["trainer"]
@@ -138,12 +100,8 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, checkp
         raise DataError(f"the dataset now gives {info['name']} examples of shape {info['shape']}, but this run was "
                         f"trained on {config['data_info']['name']} of shape {config['data_info']['shape']}")
     config = {**config, "data_shape": list(data.shape), "data_info": info}  # so sampling never rebuilds the dataset
-    torch.manual_seed(config["seed"])  # the initial weights (the trainer also broadcasts rank 0's to every rank)
-    with building("model"):
-        model = instantiate(config["model"], data_shape=list(data.shape))
-    with building("sampler"):
-        sampler, settings = build_sampler(config["sampler"])
-        sampler(model, 0)  # an empty batch checks the sampler's values now rather than at the first grid
+    model = build_model(config, data)
+    sampler, settings = build_grid_sampler(config, model)
     set_threads(config.get("threads"), device=device, workload=training_workload(
         model, batch_size=int(trainer_cfg["batch_size"]), device=device,
         amp=resolve_amp(trainer_cfg.get("amp", "none"), device, warn=False, where="trainer.amp")))
@@ -152,23 +110,46 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, checkp
         with building("metrics"):
             evaluator = instantiate(config["metrics"])(data=data, sampler=sampler)
     title = f"{type(model).__name__} · {sampler_label(settings)} · step {{step}}"
-    with building("trainer"):
-        make_trainer = instantiate(trainer_cfg)  # a partial; the objects below must not be re-instantiated
-        trainer = make_trainer(objective=model, data=data, run_dir=run_dir, sampler=sampler,
-                               save_samples=sample_saver(data.info, reference=reference_points(data), title=title),
-                               evaluator=evaluator, seed=config["seed"], device=device, run_config=config)
-    if checkpoint is None:
-        return trainer, config, 0
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    step = int(state["step"])
+    trainer = build_trainer(config, model=model, data=data, sampler=sampler, run_dir=run_dir, device=device,
+                            save_samples=sample_saver(data.info, reference=reference_points(data), title=title),
+                            evaluator=evaluator, run_config=config)
+    if plan is None or plan.state is None:
+        return trainer, config
+    step, checkpoint = plan.step, plan.checkpoint
     if trainer.steps < step:
         raise ConfigError(f"trainer.steps={trainer.steps} is below this run's step {step} ({checkpoint}); give "
                           f"trainer.steps > {step} to train on")
     try:
-        trainer.load_state_dict(state)  # the resume must fit before anything is written
+        trainer.load_state_dict(plan.state)  # the resume must fit before anything is written
     except CheckpointError as err:
         raise CheckpointError(f"{checkpoint}: {err}") from err
-    return trainer, config, step
+    return trainer, config
+
+
+def build_model(config: Mapping[str, Any], data) -> Any:
+    """The ``model`` node for ``data``'s shape, with the initial weights of ``config.seed``."""
+    torch.manual_seed(config["seed"])  # the initial weights (the trainer also broadcasts rank 0's to every rank)
+    with building("model"):
+        return instantiate(config["model"], data_shape=list(data.shape))
+
+
+def build_grid_sampler(config: Mapping[str, Any], model) -> tuple[Any, dict]:
+    """The ``sampler`` node's driver and settings, checked on ``model`` with an empty batch (now, rather than at
+    the first grid)."""
+    with building("sampler"):
+        sampler, settings = build_sampler(config["sampler"])
+        sampler(model, 0)
+    return sampler, settings
+
+
+def build_trainer(config: Mapping[str, Any], *, model, data, sampler, run_dir: Path, device: torch.device,
+                  **options: Any) -> Any:
+    """The ``trainer`` node built over already-built objects (``options``: further trainer arguments such as
+    ``save_samples``, ``evaluator``, ``run_config``, ``progress``)."""
+    with building("trainer"):
+        make_trainer = instantiate(config["trainer"])  # a partial; the objects below must not be re-instantiated
+        return make_trainer(objective=model, data=data, run_dir=run_dir, sampler=sampler, seed=config["seed"],
+                            device=device, **options)
 
 
 def touched_keys(requested: DictConfig) -> set[str] | None:
@@ -198,7 +179,7 @@ def touched_keys(requested: DictConfig) -> set[str] | None:
 def _remove_if_created(run_dir: Path) -> None:
     """Remove ``run_dir`` if Hydra created it for this launch and it is still empty (a refused new run)."""
     with contextlib.suppress(OSError):
-        if run_dir.is_dir() and run_dir.stat().st_ctime >= PROCESS_START - 1 and not any(run_dir.iterdir()):
+        if run_dir.is_dir() and run_dir.stat().st_ctime >= process_start() - 1 and not any(run_dir.iterdir()):
             run_dir.rmdir()
 
 
@@ -206,7 +187,7 @@ def _remove_if_created(run_dir: Path) -> None:
 @reports_user_errors
 def app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    created = run_dir.stat().st_ctime >= PROCESS_START - 1 and not any(run_dir.iterdir())
+    created = run_dir.stat().st_ctime >= process_start() - 1 and not any(run_dir.iterdir())
     try:
         if cfg.get("run") is not None:
             check_run_argument(str(cfg.run), run_dir)
@@ -223,10 +204,10 @@ def app(cfg: DictConfig) -> float:
 
 def check_run_argument(run: str, run_dir: Path) -> None:
     """``run=`` names a run to resume: a run directory, or its newest checkpoint file."""
-    folder = Path(run_folder(run, ""))
+    folder = RunDir.of(run).path
     if folder.resolve() != run_dir.resolve():
         raise ConfigError(f"run={run} and hydra.run.dir={run_dir} name different folders; give one of them")
-    newest = latest_checkpoint(folder)
+    newest = RunDir(folder).latest_checkpoint()
     if newest is None:
         raise ConfigError(f"run={run}: {folder} holds no checkpoint to resume (checkpoints/ckpt_<step>.pt); start "
                           "a new run with hydra.run.dir=DIR instead")

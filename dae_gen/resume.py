@@ -11,27 +11,20 @@ fixed; changing it mid-run would make the folder describe a run that never happe
 - how the arithmetic is carried out: ``device``, ``threads``, ``trainer.amp``, ``trainer.compile``.
 
 Everything else is refused, all differing keys in one message, before anything is written. Applied changes are
-recorded: ``config.yaml`` stays the effective config, and ``config_history.jsonl`` gains one line per launch.
+recorded by :class:`dae_gen.run_folder.RunDir`: ``config.yaml`` stays the effective config, and
+``config_history.jsonl`` gains one line per launch.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from dae_gen.checkpoint import load_checkpoint, resumable_checkpoint
 from dae_gen.errors import ConfigError
 
-CONFIG_FILE = "config.yaml"
-HISTORY_FILE = "config_history.jsonl"
 #: Keys (and subtrees) a relaunch may change: duration, observation, the grid sampler, where and how it computes.
 SAFE_KEYS = ("trainer.steps", "trainer.log_every", "trainer.ckpt_every", "trainer.sample_every", "trainer.eval_every",
              "trainer.keep_checkpoints", "trainer.n_samples", "trainer.progress", "trainer.tensorboard",
@@ -40,8 +33,6 @@ SAFE_KEYS = ("trainer.steps", "trainer.log_every", "trainer.ckpt_every", "traine
 DERIVED_KEYS = ("data_shape", "data_info")
 #: Keys of the command line only (which run to resume), never stored.
 LAUNCH_KEYS = ("run",)
-#: What a run folder may hold before its first launch wrote config.yaml (a lock, Hydra's leftovers).
-_PRE_RUN_ENTRIES = {".lock", ".hydra", "train.log"}
 _ABSENT = object()
 
 
@@ -127,51 +118,5 @@ def refuse_unsafe(changes: list[Change], run_dir: Path) -> None:
             "folder (hydra.run.dir=DIR)")
 
 
-def stored_config(run_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
-    """The run's stored config (``config.yaml``, else its newest checkpoint's) and its newest readable checkpoint.
-
-    ``(None, None)`` for a folder that holds no run yet; a ConfigError for a folder that holds other files.
-    """
-    checkpoint = resumable_checkpoint(run_dir)  # newer unreadable ones: the trainer sets them aside, with a warning
-    config_path = run_dir / CONFIG_FILE
-    if config_path.is_file():
-        try:
-            config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
-        except Exception as err:
-            raise ConfigError(f"{config_path} is not a readable YAML config ({err}); restore it, or train in "
-                              "another folder") from err
-        return config, checkpoint
-    if checkpoint is not None:
-        return dict(load_checkpoint(checkpoint)["config"]), checkpoint
-    others = sorted(p.name for p in run_dir.iterdir() if p.name not in _PRE_RUN_ENTRIES) if run_dir.is_dir() else []
-    if others:
-        raise ConfigError(f"{run_dir} is not empty ({', '.join(others[:5])}{' ...' if len(others) > 5 else ''}) and "
-                          f"holds no dae_gen run (no {CONFIG_FILE}, no checkpoints/): train in a new or empty folder")
-    return None, None
-
-
-def write_config(run_dir: Path, config: Mapping) -> Path:
-    """``config.yaml``, written atomically (a killed launch leaves the old one or the new one, never half)."""
-    path = run_dir / CONFIG_FILE
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    OmegaConf.save(OmegaConf.create(dict(config)), tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def record_launch(run_dir: Path, *, command: str, step: int, changes: list[Change]) -> Path:
-    """Append one line to ``config_history.jsonl``: when, where, the command line, the step it starts from and
-    each changed key as ``[old, new]``."""
-    from dae_gen import __version__
-
-    entry = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "host": socket.gethostname(), "command": command,
-             "start_step": int(step), "launch": "resume" if step else "new",
-             "changed": {c.key: c.as_json() for c in changes}, "dae_gen": __version__}
-    path = run_dir / HISTORY_FILE
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, default=str) + "\n")
-    return path
-
-
-__all__ = ["CONFIG_FILE", "Change", "HISTORY_FILE", "SAFE_KEYS", "flatten", "record_launch", "refuse_unsafe",
-           "resumed_config", "stored_config", "unflatten", "write_config"]
+__all__ = ["Change", "DERIVED_KEYS", "LAUNCH_KEYS", "SAFE_KEYS", "flatten", "refuse_unsafe", "resumed_config",
+           "unflatten"]
