@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,7 +151,8 @@ def profile_inner(t_a: float, gamma_a: float, t_b: float, gamma_b: float) -> flo
             / ((gamma_a + gamma_b + 1.0) * t_max))
 
 
-def _gram(snapshots: Sequence[tuple[float, float]], target: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, float]:
+def _gram(snapshots: Sequence[tuple[float, float]], target: tuple[float, float]
+          ) -> tuple[np.ndarray, np.ndarray, float]:
     """A (K, K) = ⟨p_j, p_k⟩, b (K,) = ⟨p_k, p_target⟩ and ⟨p_target, p_target⟩, for (t, γ) pairs, in float64."""
     A = np.array([[profile_inner(tj, gj, tk, gk) for tk, gk in snapshots] for tj, gj in snapshots])
     b = np.array([profile_inner(tk, gk, *target) for tk, gk in snapshots])
