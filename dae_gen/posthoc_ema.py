@@ -160,7 +160,15 @@ def _gram(snapshots: Sequence[tuple[float, float]], target: tuple[float, float]
 
 
 def _profiles(snapshots: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
-    """(t, γ) of each snapshot."""
+    """(t, γ) of each snapshot, checked: t ≥ 1, γ > −1 and the same weight entries in all."""
+    keys = set(snapshots[0]["weights"])
+    for s in snapshots:
+        if not (float(s["step"]) >= 1 and float(s["gamma"]) > -1):
+            raise CheckpointError(f"post-hoc EMA snapshot: expected step >= 1 and gamma > -1, found step "
+                                  f"{s['step']} and gamma {s['gamma']}; re-export it from a PowerEMA")
+        if set(s["weights"]) != keys:
+            raise CheckpointError(f"post-hoc EMA snapshots: the step-{s['step']} snapshot has other weight entries "
+                                  f"than the first; keep only one run's snapshots in the folder")
     return [(float(s["step"]), float(s["gamma"])) for s in snapshots]
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from dae_gen.errors import ConfigError
+from dae_gen.errors import CheckpointError, ConfigError
 from dae_gen.posthoc_ema import (SIGMA_REL_MAX, PostHocEMAHook, PowerEMA, gamma_to_sigma_rel, load_snapshots,
                                  posthoc_weights, profile_error, reconstruct, reconstruction_coefficients,
                                  save_snapshot, sigma_rel_to_gamma)
@@ -182,8 +182,14 @@ def test_snapshot_files_and_posthoc_weights(tmp_path):
                                rtol=0, atol=1e-9)
     with pytest.raises(ConfigError, match="profile error"):
         posthoc_weights(snapshots[-2:], 0.25, max_profile_error=1e-3)
-    with pytest.raises(Exception, match="no ema-"):
+    with pytest.raises(CheckpointError, match="no ema-"):
         load_snapshots(tmp_path)
+    other = dict(snapshots[0], weights={"other": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="other weight entries"):
+        posthoc_weights([snapshots[0], other], 0.08)
+    (tmp_path / "posthoc_ema" / "ema-000000700-0.050.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        posthoc_weights(tmp_path / "posthoc_ema", 0.08)
 
 
 def test_hook_averages_completed_steps_and_writes_snapshots(tmp_path):
