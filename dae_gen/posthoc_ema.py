@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dae_gen.distributed import is_main_process
 from dae_gen.errors import CheckpointError, ConfigError
 
 __all__ = ["sigma_rel_to_gamma", "gamma_to_sigma_rel", "PowerEMA", "profile_inner", "reconstruction_coefficients",
@@ -279,8 +280,9 @@ class PostHocEMAHook:
     """Keeps a :class:`PowerEMA` of ``trainer.objective`` and writes its snapshots to ``<run_dir>/posthoc_ema``.
 
     Call ``on_step_end(trainer, logs)`` after the step counter has advanced (``trainer.step`` = steps completed);
-    a skipped step (non-finite loss) is not averaged, as the trainer's own EMA. ``state_dict``/``load_state_dict``
-    are for the checkpoint.
+    it reads only ``trainer.objective``, ``trainer.step``, ``trainer.run_dir`` and ``logs["skipped_steps"]``. A skipped
+    step (non-finite loss) is not averaged, as the trainer's own EMA; rank 0 writes the snapshots.
+    ``state_dict``/``load_state_dict`` are for the checkpoint (plain tensors and numbers).
     """
 
     def __init__(self, *, sigma_rels: Sequence[float] = (0.05, 0.10), snapshot_every: int | None = None,
@@ -307,8 +309,10 @@ class PostHocEMAHook:
         was_skipped, self._last_skipped = skipped > self._last_skipped, skipped
         if was_skipped:
             return
-        for snapshot in tracker.update(trainer.objective, step=int(trainer.step)):
-            save_snapshot(snapshot, Path(trainer.run_dir) / self.folder)
+        snapshots = tracker.update(trainer.objective, step=int(trainer.step))
+        if is_main_process():  # the weights are the same on every rank
+            for snapshot in snapshots:
+                save_snapshot(snapshot, Path(trainer.run_dir) / self.folder)
 
     def state_dict(self) -> dict[str, Any]:
         """The tracker's state (plain tensors and numbers)."""
