@@ -22,8 +22,8 @@ have the keys of the model's ``state_dict()`` (floating entries averaged, others
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,8 +59,9 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
         raise ConfigError(f"EMA length sigma_rel: must be in (0, {SIGMA_REL_MAX:.4f}) (the widest power-function "
                           f"profile), got {sigma_rel}; EDM2 uses 0.01-0.3")
     t = sigma_rel ** -2  # (γ+2)²(γ+3) σ² = γ+1 expanded: γ³ + 7γ² + 16γ + 12 = (γ+1)/σ²
-    roots = np.roots([1.0, 7.0, 16.0 - t, 12.0 - t])
-    return float(roots[np.abs(roots.imag) < 1e-9].real.max())
+    # one root lies below −3 (the cubic minus (γ+1)/σ² is positive at −3, −2, −1), the other two in (−1, ∞), merging
+    # at σ_rel = SIGMA_REL_MAX; the largest is on the falling branch (near the maximum its tiny imaginary part is noise)
+    return float(np.roots([1.0, 7.0, 16.0 - t, 12.0 - t]).real.max())
 
 
 def _beta(step: int, gamma: float) -> float:
@@ -74,7 +75,7 @@ class PowerEMA:
 
     sigma_rels:      the relative EMA lengths kept (EDM2: 0.05 and 0.10; any length in between or around is
                      reconstructed from their snapshots).
-    snapshot_every:  export a snapshot of every profile every this many steps (None: never; ``snapshot`` still works).
+    snapshot_every:  export a snapshot of every profile every this many steps (None: never; :meth:`snapshots` exports any time).
 
     ``update(model, step=t)`` takes t = the number of training steps completed, counting this one (1 for the first).
     """

@@ -69,6 +69,8 @@ def test_sigma_rel_gamma_round_trip_and_edm2_values():
     var = trapezoid(p * (tau - m) ** 2, tau)
     assert math.sqrt(var) == pytest.approx(gamma_to_sigma_rel(gamma), rel=1e-6)
     assert gamma_to_sigma_rel((math.sqrt(5) - 3) / 2) == pytest.approx(SIGMA_REL_MAX)
+    near_max = SIGMA_REL_MAX * (1 - 1e-9)  # the two branches merge: γ tends to the maximiser
+    assert sigma_rel_to_gamma(near_max) == pytest.approx((math.sqrt(5) - 3) / 2, abs=1e-3)
     for bad in [0.0, -0.1, 0.31]:
         with pytest.raises(ConfigError, match="sigma_rel"):
             sigma_rel_to_gamma(bad)
