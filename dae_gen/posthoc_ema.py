@@ -75,7 +75,8 @@ class PowerEMA:
 
     sigma_rels:      the relative EMA lengths kept (EDM2: 0.05 and 0.10; any length in between or around is
                      reconstructed from their snapshots).
-    snapshot_every:  export a snapshot of every profile every this many steps (None: never; :meth:`snapshots` exports any time).
+    snapshot_every:  export a snapshot of every profile every this many steps (None: never; :meth:`snapshots`
+                     exports one any time).
 
     ``update(model, step=t)`` takes t = the number of training steps completed, counting this one (1 for the first).
     """
@@ -129,7 +130,7 @@ class PowerEMA:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; the EMA lengths must be the ones this tracker was built with."""
         saved = [float(s) for s in state["sigma_rels"]]
-        if not np.allclose(saved, self.sigma_rels, rtol=0, atol=1e-12):
+        if len(saved) != len(self.sigma_rels) or not np.allclose(saved, self.sigma_rels, rtol=0, atol=1e-12):
             raise ConfigError(f"posthoc_ema.sigma_rels: the checkpoint's averages are for {saved}, the config asks "
                               f"for {self.sigma_rels}; keep the run's lengths (any other is reconstructed after "
                               f"training) or start a new run")
@@ -174,26 +175,30 @@ def _profiles(snapshots: Sequence[Mapping[str, Any]]) -> list[tuple[float, float
     return [(float(s["step"]), float(s["gamma"])) for s in snapshots]
 
 
+def _solve(snapshots: Sequence[Mapping[str, Any]], sigma_rel: float, step: int | None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """x, A, b, ⟨p_target, p_target⟩ for the target (t = ``step`` or the latest snapshot's, γ of ``sigma_rel``)."""
+    if not snapshots:
+        raise ConfigError("post-hoc EMA: no snapshots to reconstruct from; train with posthoc_ema.snapshot_every set")
+    profiles = _profiles(snapshots)
+    target = (float(step) if step is not None else max(t for t, _ in profiles), sigma_rel_to_gamma(sigma_rel))
+    A, b, c = _gram(profiles, target)
+    x = np.linalg.lstsq(A, b, rcond=None)[0]  # lstsq, not solve: duplicated snapshots make A singular
+    return x, A, b, c
+
+
 def reconstruction_coefficients(snapshots: Sequence[Mapping[str, Any]], sigma_rel: float, *,
                                 step: int | None = None) -> np.ndarray:
     """x (K,) minimising ‖Σ_k x_k p_k − p_target‖₂: least-squares solution of A x = b (EDM2 App. C.3).
 
     step: the target profile's t (default: the latest snapshot's step, i.e. the end of training).
     """
-    if not snapshots:
-        raise ConfigError("post-hoc EMA: no snapshots to reconstruct from; train with posthoc_ema.snapshot_every set")
-    profiles = _profiles(snapshots)
-    target = (float(step) if step is not None else max(t for t, _ in profiles), sigma_rel_to_gamma(sigma_rel))
-    A, b, _ = _gram(profiles, target)
-    return np.linalg.lstsq(A, b, rcond=None)[0]  # lstsq: duplicated snapshots make A singular
+    return _solve(snapshots, sigma_rel, step)[0]
 
 
 def profile_error(snapshots: Sequence[Mapping[str, Any]], sigma_rel: float, *, step: int | None = None) -> float:
     """Relative L2 error ‖Σ x_k p_k − p_target‖ / ‖p_target‖ of the reconstruction (0 = the target is matched)."""
-    x = reconstruction_coefficients(snapshots, sigma_rel, step=step)
-    profiles = _profiles(snapshots)
-    target = (float(step) if step is not None else max(t for t, _ in profiles), sigma_rel_to_gamma(sigma_rel))
-    A, b, c = _gram(profiles, target)
+    x, A, b, c = _solve(snapshots, sigma_rel, step)
     residual_sq = float(x @ A @ x - 2.0 * x @ b + c)  # ‖Σ x p − p_r‖² expanded in inner products
     return math.sqrt(max(residual_sq, 0.0) / c)
 

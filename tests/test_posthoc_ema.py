@@ -161,6 +161,8 @@ def test_state_dict_round_trip_through_weights_only_load(tmp_path):
             torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
     with pytest.raises(ConfigError, match="sigma_rels"):
         PowerEMA(Tiny(), sigma_rels=(0.05, 0.2)).load_state_dict(state)
+    with pytest.raises(ConfigError, match="sigma_rels"):
+        PowerEMA(Tiny(), sigma_rels=(0.05,)).load_state_dict(state)
 
 
 def test_snapshot_files_and_posthoc_weights(tmp_path):
