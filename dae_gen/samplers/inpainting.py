@@ -15,6 +15,12 @@ is off by O(1) in mean on Heun (a method error), by less on EDM stochastic and P
 them reaches the exact conditional's mean and covariance within a few per cent. The adaptive probability-flow
 ODE (``ode``) cannot be resampled inside its solver: ``inpainting_method`` refuses it.
 
+Which function each sampler runs (``inpainting_method`` gives the method and its measured defaults):
+``annealed_langevin`` / ``temperature_langevin``: ``tasks.inpaint_annealed_langevin`` /
+``inpaint_temperature_langevin`` (replacement in a chain that mixes at each level); ``heun``: ``inpaint_edm`` with
+``resample`` > 1, which makes it stochastic (no deterministic ODE step with clamped coordinates samples the
+conditional); ``edm_stochastic``: ``inpaint_edm`` with its churn settings and ``resample``; ``pc``: ``inpaint_pc``.
+
 Every function takes ``score(x, sigma, **cond)`` and the known values ``known`` ``(B, ...)`` with ``mask`` (True
 where known, broadcastable); the output holds the known coordinates exactly.
 """
