@@ -14,7 +14,7 @@ import torch
 from dae_gen.noise import geometric_sigmas, karras_sigmas
 from dae_gen.samplers.inpainting import inpaint_edm, inpaint_pc
 from dae_gen.samplers.ode import probability_flow_ode
-from dae_gen.samplers.tasks import KnownPixelsScore, inpaint_annealed_langevin, keep_known
+from dae_gen.samplers.tasks import KnownPixelsScore, keep_known
 
 
 def problem(dtype=torch.float64):
@@ -87,7 +87,8 @@ def run(method, sampler, n_steps, r, n_chains, seed=1):
 CASES = [  # (method, sampler, n_steps, r)
     ("replacement", "ode", None, 1),
     ("replacement", "heun", 18, 1), ("replacement", "heun", 256, 1),
-    ("resample", "heun", 18, 4), ("resample", "heun", 18, 10), ("resample", "heun", 18, 20), ("resample", "heun", 18, 40),
+    ("resample", "heun", 18, 4), ("resample", "heun", 18, 10), ("resample", "heun", 18, 20),
+    ("resample", "heun", 18, 40),
     ("resample", "heun", 32, 10), ("resample", "heun", 64, 10),
     ("replacement", "edm_stochastic", 40, 1), ("replacement", "edm_stochastic", 256, 1),
     ("resample", "edm_stochastic", 40, 4), ("resample", "edm_stochastic", 40, 10),
