@@ -59,6 +59,7 @@ def replace_known(x: Tensor, known: Tensor, mask: Tensor, sigma: float, *,
 
 
 def _checked(sigmas: Tensor, resample: int, *, final_zero: bool) -> list[float]:
+    """The levels as floats, after checking them (descending, positive, a final 0 where ``final_zero``) and r."""
     levels = [float(s) for s in torch.as_tensor(sigmas).reshape(-1).tolist()]
     bad = not levels or any(b > a for a, b in zip(levels[:-1], levels[1:]))
     if final_zero:
@@ -87,6 +88,8 @@ def inpaint_edm(score: Any, x: Tensor, known: Tensor, mask: Tensor, sigmas: Tens
     correction and after the step. Calls ``callback`` with a ``Step`` after each level.
     """
     levels = _checked(sigmas, resample, final_zero=True)
+    if x.shape[0] == 0:  # an empty batch only validates the arguments
+        return x
     n_steps = len(levels) - 1
     gamma_max = min(s_churn / n_steps, math.sqrt(2) - 1)
     cond = cond or {}
@@ -137,6 +140,10 @@ def inpaint_pc(score: Any, x: Tensor, known: Tensor, mask: Tensor, sigmas: Tenso
     levels = _checked(sigmas, resample, final_zero=False)
     if corrector_norm not in ("example", "batch"):
         raise ValueError(f"corrector_norm must be 'example' or 'batch', got {corrector_norm!r}")
+    if not snr > 0:
+        raise ValueError(f"snr must be positive, got {snr}")
+    if x.shape[0] == 0:  # an empty batch only validates the arguments
+        return x
     cond = cond or {}
 
     def noise() -> Tensor:
