@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dae_gen.errors import DaeGenError
+from dae_gen.errors import ConfigError, DaeGenError
 
 T = TypeVar("T")
 
@@ -45,7 +45,8 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available; use device=cpu")
+        raise ConfigError(f"device: {device!r} was asked for but CUDA is not available here; use device=cpu "
+                          "(or device=auto)")
     return device
 
 

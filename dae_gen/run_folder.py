@@ -40,7 +40,7 @@ from dae_gen.checkpoint import (
 )
 from dae_gen.errors import CheckpointError, ConfigError
 from dae_gen.resume import Change, refuse_unsafe, resumed_config
-from dae_gen.run_dir import LOCK_NAME, MetricsLog, RunCheckpoints, hold_run_dir
+from dae_gen.run_dir import LOCK_NAME, MetricsLog, RunCheckpoints, RunDirError, hold_run_dir
 
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "config_history.jsonl"
@@ -215,6 +215,17 @@ class RunDir:
             return str(requested.get("device", "auto"))
         return str(stored.get("device", "auto"))
 
+    def check_layout(self) -> None:
+        """The files a launch appends to or rewrites must be plain files where they exist (a folder named
+        ``config_history.jsonl`` is refused before anything is written)."""
+        for path in (self.config_file, self.history_file, self.metrics_file, self.log_file):
+            if path.exists() and not path.is_file():
+                raise RunDirError(f"{path} should be a file of the run's record but is a "
+                                  f"{'folder' if path.is_dir() else 'special file'}; move it away, or train in "
+                                  "another folder")
+            if path.is_file() and not os.access(path, os.W_OK):
+                raise RunDirError(f"{path} is not writable; fix its permissions, or train in another folder")
+
     # -- the lock and the resume plan -----------------------------------------------------------------
     @contextmanager
     def lock(self) -> Iterator["RunDir"]:
@@ -230,6 +241,7 @@ class RunDir:
         newest checkpoint's) with the ``touched`` keys taken from ``requested``; changes that would alter what was
         trained are refused (ConfigError). A folder holding other files is refused too.
         """
+        self.check_layout()
         state, checkpoint, unreadable = self.read_newest(map_location="cpu")
         stored = self.read_config()
         if stored is None and state is not None:

@@ -42,8 +42,8 @@ from dae_gen.objectives.base import Objective
 from dae_gen.precision import autocast, check_amp, describe_amp, resolve_amp
 from dae_gen.run_dir import parse_signals
 from dae_gen.run_folder import ResumePlan, RunDir
-from dae_gen.train_hooks import Checkpointing, Evaluation, Hook, ProgressLog, SampleGrids, StopPolicy, call_hooks
 from dae_gen.samplers.batches import draw_samples
+from dae_gen.train_hooks import Checkpointing, Evaluation, Hook, ProgressLog, SampleGrids, StopPolicy, call_hooks
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,19 @@ import torch
 from torch import nn
 
 from dae_gen.errors import CheckpointError, ConfigError
-from dae_gen.posthoc_ema import (SIGMA_REL_MAX, PostHocEMAHook, PowerEMA, gamma_to_sigma_rel, load_snapshots,
-                                 posthoc_weights, profile_error, reconstruct, reconstruction_coefficients,
-                                 save_snapshot, sigma_rel_to_gamma)
+from dae_gen.posthoc_ema import (
+    SIGMA_REL_MAX,
+    PostHocEMAHook,
+    PowerEMA,
+    gamma_to_sigma_rel,
+    load_snapshots,
+    posthoc_weights,
+    profile_error,
+    reconstruct,
+    reconstruction_coefficients,
+    save_snapshot,
+    sigma_rel_to_gamma,
+)
 
 
 class Tiny(nn.Module):

@@ -30,8 +30,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dae_gen import benchmark as B
-from dae_gen.cli.checks import building, check_threads, set_threads
-from dae_gen.cli.launch import CONFIG_PATH, command_line, reports_user_errors, run_cli
+from dae_gen.cli.checks import building, check_arguments, check_threads, set_threads
+from dae_gen.cli.launch import CONFIG_PATH, command_line, removed_if_refused, reports_user_errors, run_cli
 from dae_gen.cli.train import build_grid_sampler, build_model, build_trainer
 from dae_gen.distributed import resolve_device
 from dae_gen.errors import ConfigError, DataError
@@ -99,6 +99,10 @@ def variant_configs(cfg: DictConfig) -> list[tuple[str, DictConfig, dict]]:
         variant = copy.deepcopy(cfg)
         with open_dict(variant):  # a constructor argument the config leaves at its default may be added
             OmegaConf.update(variant, key, value, merge=False, force_add=True)
+        try:  # the compared key must be a setting of its node, with a value of its type
+            check_arguments(variant, skip=("sampler",))
+        except ConfigError as err:
+            raise ConfigError(f"compare={key} values={list(values)}: {err}") from err
         variants.append((f"{key}={value}", variant, {key: value}))
     return variants
 
@@ -330,8 +334,9 @@ def bench(cfg: DictConfig, out_dir: str | Path, *, command_line: str = "", prese
 @reports_user_errors
 def app(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
-    record = bench(cfg, hydra_cfg.runtime.output_dir, command_line=command_line("dae-gen-bench"),
-                   preset=hydra_cfg.runtime.choices.get("experiment"))
+    with removed_if_refused(Path(hydra_cfg.runtime.output_dir)):
+        record = bench(cfg, hydra_cfg.runtime.output_dir, command_line=command_line("dae-gen-bench"),
+                       preset=hydra_cfg.runtime.choices.get("experiment"))
     print(table(record))
     print(f"record: {record['path']}")
 

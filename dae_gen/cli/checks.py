@@ -4,8 +4,10 @@ and the thread count every CLI sets."""
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from dae_gen.errors import ConfigError, DaeGenError
@@ -51,6 +53,44 @@ def check_positive(cfg: Mapping, *keys: str) -> None:
             raise ConfigError(f"{key} must be positive, got {node!r}")
 
 
+def check_output_folder(key: str, path: Any) -> None:
+    """An output folder given on the command line (``out=``) must be creatable and writable; checked before any
+    work, so a bad path costs nothing. Probes with a temporary folder in its nearest existing ancestor."""
+    if path is None:
+        return
+    folder = Path(str(path)).expanduser().absolute()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{key}: {folder} exists and is not a folder; give a folder to write into")
+    ancestor = folder
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{key}: cannot create {folder}: {ancestor} is not a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=ancestor, prefix=".dae_gen_probe_").cleanup()
+    except OSError as err:
+        raise ConfigError(f"{key}: cannot write to {folder} ({err.strerror or err}); give a writable folder") from err
+
+
+def check_choice(key: str, value: Any, choices: tuple) -> None:
+    """``value`` must be one of ``choices`` (a ConfigError names ``key`` and lists them)."""
+    if value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def check_number(key: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
+                 integer: bool = False, strict: bool = False) -> None:
+    """``value`` must be a number (an int with ``integer``) ≥ ``minimum`` (> with ``strict``) and ≤ ``maximum``."""
+    kind = int if integer else (int, float)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {'an integer' if integer else 'a number'}, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        bound = f"greater than {minimum}" if strict else f"at least {minimum}"
+        raise ConfigError(f"{key}: must be {bound}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key}: must be at most {maximum}, got {value!r}")
+
+
 def check_threads(threads: Any) -> None:
     """``threads`` must be a positive int, ``auto`` or null (= auto)."""
     if threads is None or threads == "auto":
@@ -93,4 +133,5 @@ def building(key: str) -> Iterator[None]:
         raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from err
 
 
-__all__ = ["building", "check_arguments", "check_positive", "check_threads", "check_values", "set_threads"]
+__all__ = ["building", "check_arguments", "check_choice", "check_number", "check_output_folder", "check_positive",
+           "check_threads", "check_values", "set_threads"]

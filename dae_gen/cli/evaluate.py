@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dae_gen.benchmark import sampler_workload
 from dae_gen.checkpoint import load_checkpoint
+from dae_gen.cli.checks import check_output_folder
 from dae_gen.cli.common import (
     CONFIG_PATH,
     building,
@@ -89,6 +90,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     check_threads(cfg.get("threads"))
     if cfg.run is None and cfg.samples is None:
         raise ConfigError("give run=<run dir or checkpoint> (to sample) and/or samples=<file.npz> (to evaluate)")
+    check_output_folder("out", out_dir if out_dir is not None else cfg.get("out"))
     device = torch.device(resolve_device(cfg.device))
     started = time.perf_counter()
     run, stored, sampler_settings = None, None, None
@@ -132,6 +134,9 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     if info.kind == "points":
         if samples is None:
             raise DataError(f"samples={cfg.samples} holds no 'samples' array for the 2-D data {info.name}")
+        if tuple(samples.shape[1:]) != tuple(info.shape):
+            raise DataError(f"samples={cfg.samples} holds samples of shape {tuple(samples.shape[1:])}, but the data "
+                            f"{info.name} are points of shape {tuple(info.shape)}; evaluate the samples of this run")
         with building("dataset"):
             data = instantiate(dataset_cfg)
         metrics = {"metric": "toy", **compare_with_exact(samples, data, n_reference=cfg.n_reference, seed=cfg.seed)}

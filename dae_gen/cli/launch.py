@@ -9,12 +9,13 @@ other exception is a bug and always keeps its traceback. Importing this module c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,20 @@ def process_start() -> float:
     if _STARTED is None:
         _STARTED = time.time()
     return _STARTED
+
+
+@contextlib.contextmanager
+def removed_if_refused(run_dir: Path) -> Iterator[None]:
+    """Run the block; if it fails and Hydra created ``run_dir`` for this launch and it is still empty, remove it
+    (a refused launch leaves no folder behind)."""
+    created = run_dir.is_dir() and run_dir.stat().st_ctime >= process_start() - 1 and not any(run_dir.iterdir())
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
 
 
 def command_line(prog: str | None = None) -> str:
@@ -135,7 +150,5 @@ def open_sampler_overrides(args: list[str]) -> list[str]:
     return [f"++{a}" if re.match(r"^sampler\.[\w.]+=", a) else a for a in args]
 
 
-
-
 __all__ = ["CONFIG_PATH", "command_line", "explicit_output_dir", "new_output_dir", "open_sampler_overrides",
-           "process_start", "register_resolvers", "reports_user_errors", "run_cli", "run_folder"]
+           "process_start", "register_resolvers", "removed_if_refused", "reports_user_errors", "run_cli", "run_folder"]

@@ -26,6 +26,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from dae_gen.benchmark import sampler_workload
+from dae_gen.cli.checks import check_output_folder
 from dae_gen.cli.common import (
     CONFIG_PATH,
     check_positive,
@@ -74,6 +75,11 @@ def sample(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     check_values(cfg, SAMPLE_KEYS)
     check_positive(cfg, "n_samples", "batch_size")
     check_threads(cfg.get("threads"))
+    check_output_folder("out", out_dir if out_dir is not None else cfg.get("out"))
+    if cfg.get("task", "sample") != "sample":
+        from dae_gen.cli.tasks import check_task
+
+        check_task(cfg)
     run = load_run(str(cfg.run), device=cfg.device, use_ema=cfg.use_ema)
     sampler, settings = cli_sampler(run, cfg.get("sampler"))
     set_threads(cfg.get("threads"), device=run.device, workload=sampler_workload(

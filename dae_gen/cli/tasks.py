@@ -15,10 +15,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dae_gen.cli.checks import check_choice, check_number
 from dae_gen.errors import ConfigError
 from dae_gen.metrics.inception import quantize
 from dae_gen.run import Run
 from dae_gen.samplers.tasks import (
+    ENDPOINTS,
+    KNOWN_NOISE,
+    MASK_KINDS,
     denoise_at_levels,
     inpaint,
     inpainting_mask,
@@ -27,6 +31,46 @@ from dae_gen.samplers.tasks import (
 )
 
 TASKS = ("sample", "inpaint", "interpolate", "trajectory", "denoise")
+
+
+def _steps(key: str, value) -> list | None:
+    """A list setting of the task node (``trajectory.steps``, ``denoise.sigmas``) as a plain list, or None."""
+    if value is None:
+        return None
+    value = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected a non-empty list, e.g. [1,10,100], or null; got {value!r}")
+    return value
+
+
+def check_task(cfg: DictConfig) -> None:
+    """Check the settings of ``cfg.task`` before any work, naming the key (``inpaint.mask: must be one of ...``)."""
+    task = cfg.get("task", "sample")
+    check_choice("task", task, TASKS)
+    if task == "inpaint":
+        options = cfg.inpaint
+        check_choice("inpaint.mask", options.mask, MASK_KINDS)
+        check_number("inpaint.missing_fraction", options.missing_fraction, minimum=0, maximum=1)
+        check_number("inpaint.n_images", options.n_images, minimum=1, integer=True)
+        check_number("inpaint.n_per_image", options.n_per_image, minimum=1, integer=True)
+        check_choice("inpaint.known_noise", options.known_noise, (None, *KNOWN_NOISE))
+    elif task == "interpolate":
+        options = cfg.interpolate
+        check_number("interpolate.n_rows", options.n_rows, minimum=1, integer=True)
+        check_number("interpolate.n_interpolations", options.n_interpolations, minimum=2, integer=True)
+        check_choice("interpolate.endpoints", options.endpoints, ENDPOINTS)
+    elif task == "trajectory":
+        options = cfg.trajectory
+        check_number("trajectory.n_chains", options.n_chains, minimum=1, integer=True)
+        check_number("trajectory.n_frames", options.n_frames, minimum=1, integer=True)
+        for step in _steps("trajectory.steps", options.steps) or []:
+            check_number("trajectory.steps", step, minimum=1, integer=True)
+    elif task == "denoise":
+        options = cfg.denoise
+        check_number("denoise.n_images", options.n_images, minimum=1, integer=True)
+        check_number("denoise.n_sigmas", options.n_sigmas, minimum=1, integer=True)
+        for sigma in _steps("denoise.sigmas", options.sigmas) or []:
+            check_number("denoise.sigmas", sigma, minimum=0, strict=True)
 
 
 def _scale(run: Run) -> int:
@@ -52,11 +96,9 @@ def _save_npz(run: Run, path: Path, **arrays) -> None:
 def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path) -> Path:
     """Run ``cfg.task`` with the sampler driver ``sampler``; write ``<task>.png`` and ``<task>.npz`` (a trajectory
     also ``trajectory.gif``) into ``out_dir``; return the picture's path."""
+    check_task(cfg)
     task = cfg.task
-    if task not in TASKS:
-        raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
     generator = torch.Generator(device=run.device).manual_seed(int(cfg.seed))
-    out_dir.mkdir(parents=True, exist_ok=True)
     picture = out_dir / f"{task}.png"
     if task == "inpaint":
         _need_images(run, task)
@@ -66,6 +108,7 @@ def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path) -> Path:
                                generator=torch.Generator().manual_seed(int(cfg.seed)))
         samples = inpaint(run.model, images, mask, n_per_image=options.n_per_image, sampler=sampler,
                           known_noise=options.known_noise, generator=generator).cpu()
+        out_dir.mkdir(parents=True, exist_ok=True)
         from dae_gen.viz import save_inpainting_rows
 
         save_inpainting_rows(images, mask, samples, picture, to_unit=run.to_unit, scale=_scale(run))
@@ -74,6 +117,7 @@ def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path) -> Path:
         options = cfg.interpolate
         rows = interpolate(run.model, options.n_rows, n_interpolations=options.n_interpolations, sampler=sampler,
                            endpoints=options.endpoints, generator=generator).cpu()
+        out_dir.mkdir(parents=True, exist_ok=True)
         if run.data.kind == "image":
             from dae_gen.viz import save_image_rows
 
@@ -83,9 +127,15 @@ def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path) -> Path:
         _save_npz(run, out_dir / "interpolate.npz", samples=rows)
     elif task == "trajectory":
         options = cfg.trajectory
-        steps = None if options.steps is None else list(OmegaConf.to_container(options.steps))
-        trajectory = record_trajectory(run.model, options.n_chains, sampler=sampler, steps=steps,
-                                       n_frames=options.n_frames, generator=generator)
+        steps = _steps("trajectory.steps", options.steps)
+        try:
+            trajectory = record_trajectory(run.model, options.n_chains, sampler=sampler, steps=steps,
+                                           n_frames=options.n_frames, generator=generator)
+        except ValueError as err:
+            if steps is None or "cannot record step" not in str(err):
+                raise
+            raise ConfigError(f"trajectory.steps: {err}; give steps within the sampler's run") from err
+        out_dir.mkdir(parents=True, exist_ok=True)
         frames = [*trajectory.frames, trajectory.samples.cpu()]  # the recorded steps, then the output
         if run.data.kind == "image":
             from dae_gen.viz import save_gif, save_trajectory_strip
@@ -101,8 +151,9 @@ def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path) -> Path:
         _need_images(run, task)
         options = cfg.denoise
         images = run.data_examples(options.n_images, seed=cfg.seed)
-        sigmas = None if options.sigmas is None else list(OmegaConf.to_container(options.sigmas))
+        sigmas = _steps("denoise.sigmas", options.sigmas)
         result = denoise_at_levels(run.model, images, sigmas=sigmas, n_sigmas=options.n_sigmas, generator=generator)
+        out_dir.mkdir(parents=True, exist_ok=True)
         noisy, denoised = result.noisy.cpu(), result.denoised.cpu()
         # one row per image: clean | noisy and denoised at σ_1 | … | at σ_S
         pairs = torch.stack([noisy, denoised], dim=1).flatten(0, 1).transpose(0, 1)  # (N, 2S, ...)

@@ -31,13 +31,13 @@ from omegaconf import DictConfig, OmegaConf
 from dae_gen import distributed as D
 from dae_gen.benchmark import training_workload
 from dae_gen.cli.checks import building, check_arguments, check_positive, check_threads, check_values, set_threads
-from dae_gen.cli.launch import CONFIG_PATH, command_line, process_start, reports_user_errors, run_cli
+from dae_gen.cli.launch import CONFIG_PATH, command_line, removed_if_refused, reports_user_errors, run_cli
 from dae_gen.cli.logs import collected_log, run_log
 from dae_gen.cli.sampling import sampler_label
 from dae_gen.errors import CheckpointError, ConfigError, DataError
 from dae_gen.precision import resolve_amp
-from dae_gen.run import build_sampler
 from dae_gen.resume import LAUNCH_KEYS
+from dae_gen.run import build_sampler
 from dae_gen.run_folder import ResumePlan, RunDir
 from dae_gen.viz import reference_points, sample_saver
 
@@ -176,26 +176,15 @@ def touched_keys(requested: DictConfig) -> set[str] | None:
     return keys
 
 
-def _remove_if_created(run_dir: Path) -> None:
-    """Remove ``run_dir`` if Hydra created it for this launch and it is still empty (a refused new run)."""
-    with contextlib.suppress(OSError):
-        if run_dir.is_dir() and run_dir.stat().st_ctime >= process_start() - 1 and not any(run_dir.iterdir()):
-            run_dir.rmdir()
-
-
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 @reports_user_errors
 def app(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    created = run_dir.stat().st_ctime >= process_start() - 1 and not any(run_dir.iterdir())
     try:
-        if cfg.get("run") is not None:
-            check_run_argument(str(cfg.run), run_dir)
-        result = train(cfg, run_dir, touched=touched_keys(cfg), command=command_line("dae-gen-train"))
-    except BaseException:
-        if created:
-            _remove_if_created(run_dir)
-        raise
+        with removed_if_refused(run_dir):
+            if cfg.get("run") is not None:
+                check_run_argument(str(cfg.run), run_dir)
+            result = train(cfg, run_dir, touched=touched_keys(cfg), command=command_line("dae-gen-train"))
     finally:
         D.shutdown()
     losses = [value for key, value in result.items() if key.startswith("loss/")]
