@@ -206,7 +206,7 @@ def dequantization_offset(data_range: tuple[float, float]) -> float:
 
 
 def dequantize(images: Tensor, *, data_range: tuple[float, float], generator: torch.Generator | None = None) -> Tensor:
-    """uint8 ``(N, ...)`` → ``lo + (x + u)(hi − lo)/256``, ``u ~ U[0, 1)``, float32 (``ImageTensorData``'s dequantisation)."""
+    """uint8 ``(N, ...)`` → ``lo + (x + u)(hi − lo)/256``, ``u ~ U[0, 1)``, float32 (as ``ImageTensorData`` does)."""
     if images.dtype != torch.uint8:
         raise ValueError(f"dequantize: expected uint8 pixels 0..255, got {images.dtype}")
     lo, hi = (float(v) for v in data_range)

@@ -225,7 +225,8 @@ def evaluate_bits_per_dim(cfg: DictConfig, out_dir: str | Path | None = None) ->
         sigma_min, sigma_max = likelihood_sigma_range(run.model, settings.pop("sigma_min"), settings.pop("sigma_max"))
     except ValueError as err:
         raise ConfigError(f"likelihood.sigma_min/sigma_max: {err}") from err
-    overrides = {key: value for key, value in (("split", cfg.split), ("dequantize", False)) if key in run.config.dataset}
+    overrides = {key: value for key, value in (("split", cfg.split), ("dequantize", False))
+                 if key in run.config.dataset}
     with building("dataset"):
         data = instantiate(run.config.dataset, **overrides)
     n = len(data) if n_examples is None else min(int(n_examples), len(data))
