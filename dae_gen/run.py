@@ -180,6 +180,14 @@ class Run:
             np.ascontiguousarray(images[index.numpy()]))
         return dataset.scale_uint8(rows).cpu()
 
+    def log_likelihood(self, x: Tensor, **settings: Any):
+        """``log p_{σ_min}(x)`` of ``x (N, *data_shape)`` (model range) under the probability-flow ODE, an
+        ``ODELikelihood``; ``settings``: those of ``dae_gen.likelihood.model_log_likelihood`` (``divergence``,
+        ``n_probes``, ``sigma_min``, ...). Bits/dim of uint8 images: ``dae_gen.likelihood.model_bits_per_dim``."""
+        from dae_gen.likelihood import model_log_likelihood
+
+        return model_log_likelihood(self.model, x, **settings)
+
     def save_grid(self, samples: Tensor, path: str | Path, *, title: str | None = None) -> Path:
         """An image grid, or for 2-D data a scatter plot over the data, written to ``path`` (PNG)."""
         from dae_gen.viz import sample_saver

@@ -14,7 +14,9 @@ log-density).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -106,6 +108,20 @@ def sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
     return torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(()).expand(x.shape[0])
 
 
+_GRAPH_INPUT_GRADIENTS: ContextVar[bool] = ContextVar("graph_input_gradients", default=False)
+
+
+@contextmanager
+def differentiable_input_gradients() -> Iterator[None]:
+    """Within this block ``input_gradient`` keeps its graph, so the scores of energy and density models (gradients
+    of a scalar network) can be differentiated in ``x`` again: the divergence of a likelihood ODE needs that."""
+    token = _GRAPH_INPUT_GRADIENTS.set(True)
+    try:
+        yield
+    finally:
+        _GRAPH_INPUT_GRADIENTS.reset(token)
+
+
 def input_gradient(scalar_fn: Callable[[Tensor], Tensor], x: Tensor, *, create_graph: bool) -> tuple[Tensor, Tensor]:
     """Return ``(f(x), ∇_x Σ_b f(x)_b)`` for a per-example scalar function ``f: (B, ...) -> (B,)``.
 
@@ -114,7 +130,9 @@ def input_gradient(scalar_fn: Callable[[Tensor], Tensor], x: Tensor, *, create_g
     Works inside ``torch.no_grad`` / ``torch.inference_mode`` callers (it enables grad locally on a fresh leaf).
     A network that writes its input gradient out, ``scalar_fn.value_and_input_grad(x, create_graph=)`` (the
     ResNet energy does, so that its double backward runs native conv kernels), is asked for it instead.
+    Inside ``differentiable_input_gradients()`` the graph is always kept.
     """
+    create_graph = create_graph or _GRAPH_INPUT_GRADIENTS.get()
     explicit = getattr(scalar_fn, "value_and_input_grad", None)
     if callable(explicit):
         return explicit(x, create_graph=create_graph)
@@ -135,5 +153,5 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
-__all__ = ["Callback", "DensityModel", "EnergyModel", "GenerativeModel", "Score", "ScoreModel", "expand_sigma",
-           "input_gradient", "model_device", "sigma_batch"]
+__all__ = ["Callback", "DensityModel", "EnergyModel", "GenerativeModel", "Score", "ScoreModel",
+           "differentiable_input_gradients", "expand_sigma", "input_gradient", "model_device", "sigma_batch"]

@@ -32,6 +32,8 @@ def test_samples_equal_to_the_reference_give_zero_fid(tmp_path):
     result = evaluate(cfg, tmp_path / "out")
     assert result["n"] == N and result["n_reference"] == N and result["step"] == 7
     assert abs(result["fid"]) < 1e-3
+    assert result["precision"] == 1.0 and result["recall"] == 1.0 and result["pr_k"] == 3  # a set vs itself
+    assert result["fid_per_seed"] == [result["fid"]] and result["fid_std"] is None  # one set: no spread
     # unbiased MMD^2 of a set with itself is exactly 2/n (mean off-diagonal k - mean diagonal k) < 0, and every
     # subset of N rows from N is a permutation, so each gives that value
     from dae_gen.metrics.inception import InceptionFeatures

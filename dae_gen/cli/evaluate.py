@@ -3,12 +3,15 @@
 Image data: FID and KID against cached Inception statistics of a dataset split (``split=test`` by default, held
 out from training). 2-D data: sliced Wasserstein distance, MMD and mode weights against fresh exact samples
 of the training distribution, next to the same numbers for two exact sets (the floor at this sample size).
+Image data also gets improved precision/recall in Inception features, and FID over ``fid_seeds`` sample sets
+(mean ± std). ``metric=bpd``: bits/dim of held-out images under the run's probability-flow ODE (``dae_gen.likelihood``).
 
 Examples::
 
     dae-gen-eval run=outputs/my_run n_samples=10000                    # sample with the run's sampler
     dae-gen-eval run=outputs/my_run/checkpoints/ckpt_00002000.pt sampler.n_steps_each=5 split=train
     dae-gen-eval samples=outputs/my_run/samples_cli/x/samples.npz      # saved samples (their record names the run)
+    dae-gen-eval run=outputs/my_run metric=bpd likelihood.n_probes=4     # bits/dim with its standard error
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ from dae_gen.samplers.nfe import CountingModel
 log = logging.getLogger("dae_gen.cli")
 #: Types of the top-level keys of configs/eval.yaml.
 EVAL_KEYS = {"out": str | None, "n_samples": int, "batch_size": int, "seed": int, "use_ema": bool, "split": str,
-             "n_reference": int | None, "kid_subset_size": int, "device": str}
+             "n_reference": int | None, "kid_subset_size": int, "device": str, "metric": str, "fid_seeds": int,
+             "pr_k": int}
 
 
 def load_samples_file(path: str | Path) -> dict[str, Any]:
@@ -86,8 +90,13 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     """Draw (or load) samples, compare them with the data, write ``eval.json`` into ``out_dir`` (default: beside
     the run) and return the result."""
     check_values(cfg, EVAL_KEYS)
-    check_positive(cfg, "n_samples", "batch_size", "kid_subset_size")
+    check_positive(cfg, "n_samples", "batch_size", "kid_subset_size", "fid_seeds", "pr_k")
     check_threads(cfg.get("threads"))
+    if cfg.metric not in ("fid", "bpd"):
+        raise ConfigError(f"metric must be fid (sample quality) or bpd (bits/dim by the probability-flow ODE), got "
+                          f"{cfg.metric!r}")
+    if cfg.metric == "bpd":
+        return evaluate_bits_per_dim(cfg, out_dir)
     if cfg.run is None and cfg.samples is None:
         raise ConfigError("give run=<run dir or checkpoint> (to sample) and/or samples=<file.npz> (to evaluate)")
     check_output_folder("out", out_dir if out_dir is not None else cfg.get("out"))
@@ -123,6 +132,10 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
                                progress=True, require_finite=True)
         nfe = counted.nfe_per_image(cfg.n_samples)
         amp = resolve_amp(driver_amp(sampler), device, warn=False)
+        n_batches = -(-int(cfg.n_samples) // int(cfg.batch_size))  # set j seeds its batches from seed + j·n_batches
+        extra_sets = [draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size,
+                                   seed=cfg.seed + j * n_batches, progress=True, require_finite=True)
+                      for j in range(1, int(cfg.fid_seeds)) if info.kind == "image"]
     else:
         set_threads(cfg.get("threads"), device=device)  # nothing to probe: threads=K, else 1 thread
         samples = torch.from_numpy(stored["samples"]) if "samples" in stored else None
@@ -131,6 +144,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
         sampler_settings = stored["record"].get("sampler")
         nfe = stored["record"].get("nfe_per_image")
         amp = stored["record"].get("amp")
+        extra_sets = []
     if info.kind == "points":
         if samples is None:
             raise DataError(f"samples={cfg.samples} holds no 'samples' array for the 2-D data {info.name}")
@@ -142,7 +156,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
         metrics = {"metric": "toy", **compare_with_exact(samples, data, n_reference=cfg.n_reference, seed=cfg.seed)}
         reference = f"{metrics['n_reference']} exact samples of {info.name}"
     else:
-        metrics, reference = image_metrics(cfg, dataset_cfg, samples, stored, device)
+        metrics, reference = image_metrics(cfg, dataset_cfg, samples, stored, device, extra_sets=extra_sets)
     result = {**metrics, "step": step, "run": None if source is None else str(source), "samples": cfg.samples,
               "sampler": sampler_settings, "amp": amp, "nfe_per_image": nfe, "seed": cfg.seed,
               "use_ema": cfg.use_ema if run is not None else None,
@@ -158,8 +172,9 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
 
 
 def image_metrics(cfg: DictConfig, dataset_cfg: dict, samples: torch.Tensor | None, stored: dict | None,
-                  device: torch.device) -> tuple[dict, str]:
-    """FID and KID of image samples against the Inception statistics of the reference split."""
+                  device: torch.device, extra_sets: list[torch.Tensor] = ()) -> tuple[dict, str]:
+    """FID, KID and precision/recall of image samples against the Inception features of the reference split; with
+    ``extra_sets`` (more sample sets, other seeds) also ``fid_mean``/``fid_std`` over all the sets."""
     try:
         resolve_weights_path(cfg.weights_path)
     except FileNotFoundError as err:
@@ -182,15 +197,71 @@ def image_metrics(cfg: DictConfig, dataset_cfg: dict, samples: torch.Tensor | No
     reference = dataset_reference(data, split=cfg.split, n_reference=cfg.n_reference, seed=cfg.seed,
                                   cache_dir=cfg.cache_dir, extractor=extractor)
     metrics = evaluate_samples(images, reference=reference, extractor=extractor,
-                               kid_subset_size=min(cfg.kid_subset_size, len(images), reference.n), seed=cfg.seed)
+                               kid_subset_size=min(cfg.kid_subset_size, len(images), reference.n), seed=cfg.seed,
+                               precision_recall_k=cfg.pr_k)
+    fids = [metrics["fid"]] + [evaluate_samples(quantize(data.to_unit(x)), reference=reference, extractor=extractor,
+                                                kid_subset_size=2, kid_subsets=1)["fid"] for x in extra_sets]
+    metrics.update(fid_per_seed=fids, fid_mean=float(np.mean(fids)),
+                   fid_std=float(np.std(fids, ddof=1)) if len(fids) > 1 else None)
     return ({"metric": "fid", **metrics, "n_reference": reference.n, "reference": reference.key, "split": cfg.split},
             f"{reference.n} images of {data.name}")
 
 
+def evaluate_bits_per_dim(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
+    """``metric=bpd``: bits/dim of ``likelihood.n_examples`` images of ``split`` (a seeded subset) under the run's
+    probability-flow ODE, uniformly dequantised (``dae_gen.likelihood``); writes ``eval.json`` beside the run."""
+    from dae_gen.likelihood import likelihood_sigma_range, model_bits_per_dim
+
+    settings = OmegaConf.to_container(cfg.likelihood, resolve=True)
+    if cfg.run is None or cfg.samples is not None:
+        raise ConfigError("metric=bpd scores held-out data under a model: give run=<run dir or checkpoint> and no "
+                          "samples=")
+    device = torch.device(resolve_device(cfg.device))
+    started = time.perf_counter()
+    run = load_run(str(cfg.run), device=device, use_ema=cfg.use_ema)
+    if run.data.kind != "image":
+        raise ConfigError(f"metric=bpd needs 8-bit image data, but {run.data.name} is {run.data.kind!r} data; use "
+                          "dae_gen.likelihood.model_log_likelihood for log-likelihoods of points")
+    n_examples = settings.pop("n_examples")
+    if n_examples is not None and int(n_examples) < 1:
+        raise ConfigError(f"likelihood.n_examples must be positive or null (all of split), got {n_examples}")
+    try:
+        sigma_min, sigma_max = likelihood_sigma_range(run.model, settings.pop("sigma_min"), settings.pop("sigma_max"))
+    except ValueError as err:
+        raise ConfigError(f"likelihood.sigma_min/sigma_max: {err}") from err
+    overrides = {key: value for key, value in (("split", cfg.split), ("dequantize", False))
+                 if key in run.config.dataset}
+    with building("dataset"):
+        data = instantiate(run.config.dataset, **overrides)
+    n = len(data) if n_examples is None else min(int(n_examples), len(data))
+    chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:n].sort().values
+    images = torch.as_tensor(np.asarray(data.images[chosen.numpy()] if isinstance(data.images, np.ndarray)
+                                        else data.images[chosen.to(data.images.device)].cpu()))
+    set_threads(cfg.get("threads"), device=device)
+    try:
+        bpd = model_bits_per_dim(run.model, images, data_range=run.data.data_range, seed=cfg.seed,
+                                 sigma_min=sigma_min, sigma_max=sigma_max, batch_size=cfg.batch_size, progress=True,
+                                 **settings)
+    except ValueError as err:
+        raise ConfigError(f"likelihood: {err}") from err
+    result = {"metric": "bpd", **bpd.as_dict(), "sigma_min": sigma_min, "sigma_max": sigma_max,
+              "likelihood": OmegaConf.to_container(cfg.likelihood, resolve=True), "split": cfg.split,
+              "examples": f"randperm(seed={cfg.seed})[:{n}] of {data.name}", "step": run.step, "run": str(cfg.run),
+              "seed": cfg.seed, "use_ema": cfg.use_ema, "seconds": time.perf_counter() - started}
+    out_dir = Path(out_dir) if out_dir is not None else new_output_dir(Path(run_folder(str(cfg.run), "")) / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    log.info("%.4f ± %.4f bits/dim (%d images of %s, NFE %.0f per solve; %s) -> %s", bpd.bits_per_dim, bpd.stderr,
+             n, data.name, bpd.nfe, bpd.convention, out_dir / "eval.json")
+    return result
+
+
 def summary(result: dict, reference: str) -> str:
     if result["metric"] == "fid":
-        return (f"FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ± {result['kid_std']:.5f} "
-                f"({result['n']} samples vs {reference}; compare FIDs at equal N only)")
+        fid = f"FID {result['fid']:.3f}" if result["fid_std"] is None else \
+            f"FID {result['fid_mean']:.3f} ± {result['fid_std']:.3f} over {len(result['fid_per_seed'])} seeds"
+        return (f"{fid}, KID {result['kid_mean']:.5f} ± {result['kid_std']:.5f}, precision {result['precision']:.3f}, "
+                f"recall {result['recall']:.3f} ({result['n']} samples vs {reference}; compare FIDs at equal N only)")
     text = (f"sliced W2 {result['sliced_wasserstein']:.4f} (exact vs exact: "
             f"{result['baseline']['sliced_wasserstein']:.4f}), MMD² {result['mmd']:.5f} (exact vs exact: "
             f"{result['baseline']['mmd']:.5f})")

@@ -12,23 +12,32 @@ from torch import Tensor
 
 from dae_gen.metrics.fid import ReferenceStats, frechet_distance_to_features, kid, reference_stats
 from dae_gen.metrics.inception import InceptionFeatures, quantize, resolve_weights_path
+from dae_gen.metrics.precision_recall import precision_recall
 from dae_gen.samplers.batches import draw_samples
 from dae_gen.score import model_device
 
 
 def evaluate_samples(samples_uint8: Tensor, *, reference: ReferenceStats, extractor: InceptionFeatures,
-                     kid_subset_size: int = 1000, kid_subsets: int = 100, seed: int = 0) -> dict:
+                     kid_subset_size: int = 1000, kid_subsets: int = 100, seed: int = 0,
+                     precision_recall_k: int | None = None) -> dict:
     """FID (Heusel et al. 2017) and KID (Bińkowski et al. 2018) of uint8 samples ``(n, C, H, W)`` vs ``reference``.
 
     Returns ``{"fid", "kid_mean", "kid_std", "n"}``; always report n: FID is biased upward for small n.
+    precision_recall_k:  also improved precision and recall (Kynkäänniemi et al. 2019) with k-NN balls in the same
+                         features: ``"precision"``, ``"recall"``, ``"pr_k"`` (None: not computed).
     """
     if samples_uint8.shape[0] < 2:
         raise ValueError(f"evaluate_samples: need at least 2 samples, got {samples_uint8.shape[0]}")
     feats = extractor.features(samples_uint8)  # (n, 2048) float64
     kid_mean, kid_std = kid(feats, reference.features, n_subsets=kid_subsets, subset_size=kid_subset_size,
                             generator=np.random.default_rng(seed))
-    return {"fid": frechet_distance_to_features(feats, reference.mu, reference.sigma), "kid_mean": kid_mean,
-            "kid_std": kid_std, "n": int(samples_uint8.shape[0])}
+    metrics = {"fid": frechet_distance_to_features(feats, reference.mu, reference.sigma), "kid_mean": kid_mean,
+               "kid_std": kid_std, "n": int(samples_uint8.shape[0])}
+    if precision_recall_k is not None:
+        k = min(int(precision_recall_k), feats.shape[0] - 1, reference.n - 1)
+        pr = precision_recall(reference.features, feats, k=k)
+        metrics.update(precision=pr["precision"], recall=pr["recall"], pr_k=k)
+    return metrics
 
 
 def dataset_reference(data, *, split: str, n_reference: int | None, seed: int,
