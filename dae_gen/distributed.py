@@ -1,4 +1,4 @@
-"""Small helpers so single-device and data-parallel code read the same (STYLE.md, principle 7).
+"""Small helpers so single-device and data-parallel code read the same .
 
 Processes are launched by ``torchrun`` (which sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/
 ``MASTER_PORT``), or by SLURM: through submitit (hydra-submitit-launcher, one task per GPU) or a plain ``srun``.

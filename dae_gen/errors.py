@@ -1,7 +1,7 @@
 """The project's own error types. The CLIs print any of them as one line (no traceback; ``HYDRA_FULL_ERROR=1``
 shows it); anything else is a bug and keeps its traceback.
 
-Each message says what was expected, what was found, and what to do (STYLE.md, principle 8).
+Each message says what was expected, what was found, and what to do.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Run-directory concerns kept out of the training loop: exclusive use of the folder, stop signals, checkpoint
 rotation and fallback, and the metrics log.
 
-A run directory is the user's record of a run (DESIGN.md, STYLE.md): config, checkpoints, metrics, grids.
+A run directory is the user's record of a run: config, checkpoints, metrics, grids; a failing command changes
+nothing in it.
 
 - :class:`RunLock` / :func:`hold_run_dir`: a process takes ``<run>/.lock`` (its host, PID and start time)
   before it writes anything; a second process is refused with a message naming the holder. A lock left by a

@@ -1,4 +1,4 @@
-"""NCSN denoising score matching against closed forms (DESIGN.md §1 A)."""
+"""NCSN denoising score matching against closed forms (the NCSN loss λ(σ)·‖s(x̃, σ) + (x̃ − x)/σ²‖², λ = σ²)."""
 
 import math
 from functools import partial

@@ -1,7 +1,7 @@
 """Denoising autoencoder as a score model (Vincent 2011; Alain & Bengio 2014, Theorem 1), a preset of the one
 denoising objective.
 
-``r`` minimising ``E‖r(x + σε) − x‖²`` is ``r*(x̃) = E[x | x̃] = x̃ + σ²∇log p_σ(x̃)`` (DESIGN.md §1), so
+``r`` minimising ``E‖r(x + σε) − x‖²`` is ``r*(x̃) = E[x | x̃] = x̃ + σ²∇log p_σ(x̃)`` (Tweedie's formula), so
 ``(r(x, σ) − x)/σ²`` is the score of the smoothed data. With one σ this is the classic single-level DAE;
 with a schedule σ_1 > … > σ_L (one level drawn per example) it is a noise-conditional DAE that annealed
 Langevin can sample from, exactly like NCSN's score network.

@@ -1,6 +1,6 @@
 """The one denoising objective: a preconditioned denoiser, a training σ distribution and a loss weighting.
 
-A DAE ``D`` minimising ``E‖D(x + σε; σ) − x‖²`` is ``D* = E[x | x̃] = x̃ + σ²∇log p_σ(x̃)`` (DESIGN.md §1), so
+A DAE ``D`` minimising ``E‖D(x + σε; σ) − x‖²`` is ``D* = E[x | x̃] = x̃ + σ²∇log p_σ(x̃)`` (Tweedie's formula), so
 every noise-conditional method of the NCSN/DAE/EDM family is this one loss with three choices:
 
 - the **preconditioning** ``D = c_skip·x + c_out·F(c_in·x; c_noise)`` (``dae_gen.objectives.preconditioning``):

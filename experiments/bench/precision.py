@@ -10,7 +10,7 @@ For each case the preset's objective is built exactly as ``dae-gen-train`` build
 weights of ``--run`` or fresh seeded ones, and one fixed batch of its data (fake images in the data's range where
 the data cannot be had offline). Training: every phase's per-example losses and the parameter gradients of their
 mean, once in fp32 and once under the trainer's bf16 autocast, on the same noise draws: the relative difference
-of the mean loss and the cosine between the two gradient vectors (issue 12: within 1% and >= 0.99). Sampling: the
+of the mean loss and the cosine between the two gradient vectors (criterion: within 1% and >= 0.99). Sampling: the
 score through ``AutocastModel`` (what ``sampler.amp=bf16`` runs) against fp32 at the sampler's noise levels, on
 noised data: its cosine over the batch, for the median and the worst example, and the largest change of the
 denoised estimate ``x + sigma^2 score`` (what the last step of every sampler returns) in data units; the criterion

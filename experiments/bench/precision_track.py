@@ -6,7 +6,7 @@
 
 Trains the preset with the real ``Trainer`` (its own precision, ``trainer.amp``; fp32 by default) and every
 ``--every`` steps takes a fresh held-out batch and compares, on the same noise draws: the loss and the parameter
-gradient under bf16 autocast with fp32 (issue 12: loss within 1%, gradient cosine >= 0.99), next to the cosine
+gradient under bf16 autocast with fp32 (criterion: loss within 1%, gradient cosine >= 0.99), next to the cosine
 between the fp32 gradients of two *different* batches (the minibatch noise the optimiser lives with anyway); and
 the score through ``AutocastModel`` (``sampler.amp=bf16``) with fp32 at the sampler's reference σ: per-example
 cosine (median, min) and the largest change of the denoised estimate ``x + σ²·score`` in data units. For the ResNet

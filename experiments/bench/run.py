@@ -57,7 +57,7 @@ COMPARISONS = {
     **amp_comparisons("mdsm_fmnist", rounds=5, sampler_extra=["bench.sample_batch=64"]),
     **amp_comparisons("mdsm_digits", rounds=7),
     **amp_comparisons("main_job", preset="edm_digits", rounds=7),
-    # the NCSN digits U-Net (the default composition; the main job until issue 11)
+    # the NCSN digits U-Net (the default composition; the main job before edm_digits)
     **amp_comparisons("ncsn_digits", rounds=7),
     **amp_comparisons("edm_fmnist_cpu", rounds=7),
 }
