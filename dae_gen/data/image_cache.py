@@ -53,10 +53,11 @@ def write_cached_array(path: Path, shape: tuple[int, ...], fill: Callable[[np.nd
     """``fill`` a uint8 array of ``shape`` into ``path`` atomically and memory-map it.
 
     The array is filled in a temporary ``.npy`` beside ``path`` and renamed only when complete; on any failure
-    (a corrupt image, a full disk) the temporary is removed and nothing is left at ``path``.
+    (a corrupt image, a full disk) the temporary, and any folder made for it, is removed: nothing is left.
     what:  the dataset, for the message when the cache folder cannot be written.
     """
     temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    created = [d for d in [path.parent, *path.parent.parents] if not d.exists()]  # deepest first
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
@@ -70,6 +71,10 @@ def write_cached_array(path: Path, shape: tuple[int, ...], fill: Callable[[np.nd
     finally:
         if temporary.exists():
             temporary.unlink()
+        if not path.exists():  # failed: the folders made for it go too
+            for folder in created:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
