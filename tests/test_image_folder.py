@@ -16,7 +16,6 @@ from dae_gen.data import image_folder as image_folder_module
 from dae_gen.data.base import DataInfo
 from dae_gen.data.digits import digits
 from dae_gen.data.image_folder import image_folder, split_indices
-from dae_gen.errors import DataError
 
 N_IMAGES = 40
 BICUBIC = Image.Resampling.BICUBIC
@@ -231,8 +230,9 @@ def test_a_folder_trains_samples_and_evaluates_against_its_held_out_split(tmp_pa
         key = json.loads(str(f["key"]))
     assert key["dataset"] == "my images/test" and key["fingerprint"] == test.fingerprint
     # the held-out images themselves as samples: FID 0 against the same (cached) reference statistics
-    from dae_gen.cli.evaluate import evaluate
     from hydra import compose, initialize_config_module
+
+    from dae_gen.cli.evaluate import evaluate
 
     np.savez(tmp_path / "held_out.npz", images_uint8=test.images.numpy())
     with initialize_config_module(config_module="dae_gen.configs", version_base="1.3"):
