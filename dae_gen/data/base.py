@@ -34,6 +34,7 @@ class DataInfo:
     shape:       the shape of one example, e.g. ``(1, 8, 8)`` or ``(2,)``.
     data_range:  images: the model range ``(lo, hi)`` that maps to pixel values 0 and 255.
     bounds:      points: the plotting window ``(lo, hi)`` of both axes.
+    classes:     labelled images: the class names, label k = ``classes[k]`` (None: no named classes).
     """
 
     name: str
@@ -41,6 +42,7 @@ class DataInfo:
     shape: tuple[int, ...]
     data_range: tuple[float, float] | None = None
     bounds: tuple[float, float] | None = None
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -50,6 +52,8 @@ class DataInfo:
             value = getattr(self, field)
             if value is not None:
                 object.__setattr__(self, field, (float(value[0]), float(value[1])))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
 
     def to_unit(self, x: Tensor) -> Tensor:
         """Images: model range → [0, 1], clamped (for grids and FID)."""
@@ -59,7 +63,11 @@ class DataInfo:
         return ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
 
     def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """Plain lists and values (``classes`` only when set, so unlabelled data store what they always did)."""
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if values["classes"] is None:
+            del values["classes"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "DataInfo":
@@ -72,12 +80,14 @@ class ImageTensorData:
     scale:       ``"unit"`` maps pixels to [0, 1], ``"symmetric"`` to [-1, 1].
     dequantize:  add uniform noise of one grey level before scaling ((x + u)/256 instead of x/255).
     hflip:       flip each example left-right with probability ½ (CIFAR-10, CelebA).
+    labels:      optional per-example labels ``(N, ...)``, kept beside the images (moved with them).
+    classes:     optional class names of integer labels, recorded in ``info``.
     """
 
     kind = "image"
 
     def __init__(self, images: Tensor, *, scale: str = "unit", dequantize: bool = False, hflip: bool = False,
-                 labels: Tensor | None = None, name: str = "images"):
+                 labels: Tensor | None = None, name: str = "images", classes: Sequence[str] | None = None):
         if str(images.dtype).removeprefix("torch.") != "uint8" or images.ndim != 4:
             raise DataError(f"{name}: expected uint8 images of shape (N, C, H, W), got {images.dtype} "
                             f"{tuple(images.shape)}")
@@ -86,6 +96,7 @@ class ImageTensorData:
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
         self.images, self.labels, self.name = images, labels, name
+        self.classes = tuple(classes) if classes is not None else None
         self.scale, self.dequantize, self.hflip = scale, dequantize, hflip
         self.shape = tuple(images.shape[1:])
         self.data_range = SCALES[scale]
@@ -118,7 +129,8 @@ class ImageTensorData:
 
     @property
     def info(self) -> DataInfo:
-        return DataInfo(name=self.name, kind=self.kind, shape=self.shape, data_range=self.data_range)
+        return DataInfo(name=self.name, kind=self.kind, shape=self.shape, data_range=self.data_range,
+                        classes=self.classes)
 
     def to_unit(self, x: Tensor) -> Tensor:
         """Model range → [0, 1], clamped (for grids and FID)."""
@@ -169,9 +181,10 @@ class MemmapImageData(ImageTensorData):
     """
 
     def __init__(self, images: np.ndarray, *, scale: str = "unit", dequantize: bool = False, hflip: bool = False,
-                 labels: Tensor | None = None, name: str = "images"):
+                 labels: Tensor | None = None, name: str = "images", classes: Sequence[str] | None = None):
         self._device = torch.device("cpu")
-        super().__init__(images, scale=scale, dequantize=dequantize, hflip=hflip, labels=labels, name=name)
+        super().__init__(images, scale=scale, dequantize=dequantize, hflip=hflip, labels=labels, name=name,
+                         classes=classes)
 
     @property
     def device(self) -> torch.device:

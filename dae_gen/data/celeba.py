@@ -3,9 +3,7 @@ cached once as a uint8 ``.npy``; datasets larger than memory stay memory-mapped 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ from PIL import Image
 
 from dae_gen.data.base import SCALES, DataError, ImageTensorData, MemmapImageData
 from dae_gen.data.files import PathLike, check_choice
+from dae_gen.data.image_cache import RESAMPLE, cached_array, decode_all
 
 CELEBA_IMAGES = "img_align_celeba"
 CELEBA_PARTITION = "list_eval_partition.txt"
@@ -22,7 +21,6 @@ CELEBA_SPLITS = {"train": "0", "valid": "1", "test": "2", "all": None}
 CELEBA_SOURCE_SIZE = (178, 218)  # (width, height) of an aligned image
 CELEBA_CROP = 140
 CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
-RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 def preprocess_celeba(image: Image.Image, *, image_size: int, resample: str = "bilinear") -> np.ndarray:
@@ -112,42 +110,9 @@ def _celeba_dir(root: PathLike | None, download: bool) -> Path:
 
 
 def _build_celeba_array(paths: Sequence[Path], out: np.ndarray, image_size: int, resample: str) -> None:
-    """Decode and preprocess every image into ``out`` ``(N, 3, S, S)`` (PIL releases the GIL: threads)."""
-    workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, pixels in enumerate(pool.map(lambda p: _decode_celeba_file(p, image_size, resample), paths)):
-            out[i] = pixels
+    """Decode and preprocess every image into ``out`` ``(N, 3, S, S)``."""
+    decode_all(paths, lambda p: _decode_celeba_file(p, image_size, resample), out)
 
-
-def _load_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A memory-mapped cache of the right shape and dtype, else None (missing or corrupt: rebuild)."""
-    if not path.is_file():
-        return None
-    try:
-        cached = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None
-    return cached if cached.shape == shape and cached.dtype == np.uint8 else None
-
-
-def _write_cache(path: Path, paths: Sequence[Path], shape: tuple[int, ...], image_size: int,
-                 resample: str) -> np.ndarray:
-    """Preprocess into ``path`` atomically: fill a temporary ``.npy`` in the same folder, then rename."""
-    temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
-        _build_celeba_array(paths, array, image_size, resample)
-        array.flush()
-        del array
-        os.replace(temporary, path)
-    except OSError as err:
-        raise DataError(f"cannot write the CelebA cache {path} ({err}); set dataset.cache_dir=DIR to a "
-                        f"writable folder, or dataset.cache=false to preprocess in memory every run") from err
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 def celeba(*, root: PathLike | None, split: str = "train", image_size: int = 64, scale: str = "unit",
            dequantize: bool = False, hflip: bool = False, cache: bool = True, cache_dir: PathLike | None = None,
@@ -161,7 +126,7 @@ def celeba(*, root: PathLike | None, split: str = "train", image_size: int = 64,
     image_size:           output side S (64: NCSNv2; 32: NCSN, DDE).
     cache:                preprocess once into ``celeba_<split>_<S>_<resample>.npy`` and reuse it.
     cache_dir:            where the cache lives; ``None`` = next to the data.
-    resample:             ``"bilinear"`` (torchvision's default, as NCSN) or ``"bicubic"``.
+    resample:             ``"bilinear"`` (torchvision's default, as NCSN), ``"bicubic"`` or ``"lanczos"``.
     max_in_memory_bytes:  larger datasets stay memory-mapped on disk (``MemmapImageData``).
     download:             fetch CelebA into ``root`` with torchvision.
     """
@@ -182,14 +147,9 @@ def celeba(*, root: PathLike | None, split: str = "train", image_size: int = 64,
                         f"are missing from {directory / CELEBA_IMAGES}, e.g. {missing[0].name}; unpack the "
                         f"complete img_align_celeba.zip there")
     shape = (len(paths), 3, image_size, image_size)
-    if cache:
-        cache_path = Path(cache_dir or directory) / f"celeba_{split}_{image_size}_{resample}.npy"
-        array = _load_cache(cache_path, shape)
-        if array is None:
-            array = _write_cache(cache_path, paths, shape, image_size, resample)
-    else:
-        array = np.empty(shape, dtype=np.uint8)
-        _build_celeba_array(paths, array, image_size, resample)
+    cache_path = Path(cache_dir or directory) / f"celeba_{split}_{image_size}_{resample}.npy" if cache else None
+    array = cached_array(cache_path, shape, lambda out: _build_celeba_array(paths, out, image_size, resample),
+                         what="CelebA")
     options = dict(scale=scale, dequantize=dequantize, hflip=hflip, labels=labels, name=f"celeba{image_size}/{split}")
     if array.nbytes > max_in_memory_bytes:
         return MemmapImageData(array, **options)

@@ -45,7 +45,8 @@ def dataset_reference(data, *, split: str, n_reference: int | None, seed: int,
     """Cached Inception statistics of ``data``'s uint8 images: all of them, or a seeded subset of ``n_reference``.
 
     One function for the training monitor and ``dae-gen-eval``, so equal keys always mean equal image sets.
-    ``data.images`` may be a tensor or a memory-mapped numpy array.
+    ``data.images`` may be a tensor or a memory-mapped numpy array; a ``data.fingerprint`` (a folder's contents
+    and split, e.g. ``image_folder``) joins the key, so two folders of one name never share statistics.
     """
     n = len(data) if n_reference is None else min(int(n_reference), len(data))
 
@@ -58,6 +59,8 @@ def dataset_reference(data, *, split: str, n_reference: int | None, seed: int,
 
     key = {"dataset": getattr(data, "name", "images"), "split": split, "resolution": list(data.shape), "n": n,
            "subset": "all" if n == len(data) else f"randperm(seed={seed})"}
+    if getattr(data, "fingerprint", None) is not None:  # data named by a folder: also what the folder held
+        key["fingerprint"] = data.fingerprint
     return reference_stats(images_fn=images, key=key, cache_dir=cache_dir, extractor=extractor)
 
 
