@@ -30,6 +30,7 @@ def torchrun(args, *, out_dir, done_marker=None):
     return proc
 
 
+@pytest.mark.slow
 def test_data_parallel_training_with_torchrun(tmp_path):
     # 1. the worker: DDP vs one process for each method, replica consistency, per-rank streams, the lock
     worker_dir = tmp_path / "worker"
@@ -55,6 +56,7 @@ SMALL_RUN = ["dataset=two_moons", "model=ncsn_mlp", "model.net.hidden=16", "mode
              "trainer.batch_size=8", "trainer.progress=false", "trainer.tensorboard=false", "device=cpu", "threads=1"]
 
 
+@pytest.mark.slow
 def test_submitit_tasks_join_one_process_group(tmp_path):
     """hydra-submitit-launcher, local executor, 2 tasks: what a SLURM job with 2 GPUs per node runs, on CPUs.
     Each task runs dae-gen-train; init_distributed finds rank, world size and master in submitit's environment."""

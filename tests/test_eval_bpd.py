@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+
 from conftest import run_command
 
 

@@ -198,6 +198,7 @@ def test_bad_folders_are_one_line_and_leave_nothing(tmp_path, case, expected):
     assert snapshot(tmp_path) == before and not cache.exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_folder_trains_samples_and_evaluates_against_its_held_out_split(tmp_path):
     from dae_gen.metrics.inception import default_weights_path
 

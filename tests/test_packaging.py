@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 from conftest import REPO
 from dae_gen.checkpoint import load_checkpoint
 
@@ -41,6 +43,7 @@ def test_pyproject_lists_every_package_folder():
     assert config["package-dir"] == {"dae_gen.configs": "configs"}
 
 
+@pytest.mark.slow
 def test_a_wheel_installed_elsewhere_runs_the_readme_commands(tmp_path):
     readme = (REPO / "README.md").read_text()
     for command in [INSTALL, *COMMANDS]:

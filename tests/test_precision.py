@@ -146,8 +146,8 @@ def _loss_and_grad(model, x, amp):
 @needs_bf16
 @pytest.mark.parametrize("name", list(MODELS))
 def test_bf16_losses_and_parameter_gradients_match_fp32(trained, name):
-    """The bf16 agreement criterion through the double backward (energy, DDE) and first order (EDM, NCSN): loss within 1%,
-    parameter-gradient cosine >= 0.99 against fp32 on a fixed batch."""
+    """The bf16 agreement criterion through the double backward (energy, DDE) and first order (EDM, NCSN): loss
+    within 1%, parameter-gradient cosine >= 0.99 against fp32 on a fixed batch."""
     models, x = trained
     model = models[name]
     loss32, grad32 = _loss_and_grad(model, x, "none")
