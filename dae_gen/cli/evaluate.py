@@ -248,7 +248,7 @@ def evaluate_bits_per_dim(cfg: DictConfig, out_dir: str | Path | None = None) ->
               "likelihood": OmegaConf.to_container(cfg.likelihood, resolve=True), "split": cfg.split,
               "examples": f"randperm(seed={cfg.seed})[:{n}] of {data.name}", "step": run.step, "run": str(cfg.run),
               "seed": cfg.seed, "use_ema": cfg.use_ema, "seconds": time.perf_counter() - started}
-    out_dir = Path(out_dir) if out_dir is not None else new_output_dir(Path(run_folder(str(cfg.run), "")) / "eval")
+    out_dir = Path(out_dir) if out_dir is not None else RunDir.of(str(cfg.run)).output_folder("eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     log.info("%.4f ± %.4f bits/dim (%d images of %s, NFE %.0f per solve; %s) -> %s", bpd.bits_per_dim, bpd.stderr,

@@ -32,7 +32,7 @@ def knn_radii(features, *, k: int = 3, batch: int = 1024) -> torch.Tensor:
 
 
 def manifold_coverage(manifold, radii: torch.Tensor, queries, *, batch: int = 1024) -> float:
-    """The fraction of ``queries (m, d)`` inside a ball ``‖q − φ_i‖ ≤ radii_i`` around some row of ``manifold (n, d)``."""
+    """The fraction of ``queries (m, d)`` inside a ball ``‖q − φ_i‖ ≤ radii_i`` around a row of ``manifold (n, d)``."""
     manifold, queries = _as_features(manifold, "manifold"), _as_features(queries, "queries")
     if manifold.shape[1] != queries.shape[1]:
         raise ValueError(f"features of different dimension: {manifold.shape[1]} vs {queries.shape[1]}")
