@@ -5,8 +5,7 @@ products in bfloat16 through ``torch.autocast``. The rule, the same for training
 
 - **CUDA**: bf16 where the GPU supports it (``torch.cuda.is_bf16_supported()``: Ampere and newer).
 - **CPU**: bf16 where the CPU has *native* bf16 arithmetic, AMX-BF16 or AVX512-BF16 on x86 (Intel Sapphire Rapids
-  and newer, AMD Zen 4 and newer) or the BF16 extension on ARM, and torch's oneDNN kernels can use it. On this
-  project's Xeon (AMX) the ResNet energy's input gradient, one temperature-Langevin step, is 3.7× faster. Without
+  and newer, AMD Zen 4 and newer) or the BF16 extension on ARM, and torch's oneDNN kernels can use it. Without
   native bf16 the conversions are emulated: slower than fp32 and less exact, so fp32 runs instead.
 - **anything else** (MPS, ...): fp32.
 
@@ -20,13 +19,9 @@ give fp32 gradients to fp32 leaves), the optimiser state, the EMA, checkpoints, 
 arithmetic on the networks' outputs (a bf16 output meeting fp32 data is promoted to fp32; the trainer averages
 in fp32), and a sampler's chain state (:class:`AutocastModel` returns the score in the chain's dtype).
 
-Accuracy against fp32 (``experiments/bench/README.md``, "bf16 on the CPU"; small networks in
-``tests/test_precision.py``): on every preset's network with fresh weights, losses within 1%, parameter-gradient
-cosine ≥ 0.99 through the double backward (annealed DSM, DDE) and first order (denoising objectives), score cosine
-≥ 0.999. Along an fp32 training run of the digits energy the gradient cosine fell to 0.97 at some checkpoints.
-Sample quality (``experiments/quality_per_compute/README.md``, "bf16"): the EDM denoiser trained and sampled in
-bf16 for the same CPU-minutes as fp32 reaches a better FID on Fashion-MNIST (34.7 against 39.9, from 1.54× the
-steps), and bf16 sampling alone leaves FID unchanged. The presets keep fp32, which runs everywhere.
+Speed, agreement with fp32 and sample quality are measured in ``experiments/bench/README.md`` ("bf16 on the CPU")
+and ``experiments/quality_per_compute/README.md`` ("bf16"); ``tests/test_precision.py`` checks small networks.
+The presets keep fp32, which runs everywhere.
 """
 
 from __future__ import annotations

@@ -2,9 +2,8 @@
 
 Why a rule at all. torch's default is one OpenMP thread per core. On an idle machine that is fastest for large
 networks, but every operator then waits at a barrier for its slowest thread: when another process holds a core,
-that thread runs only part of the time and each of the thousands of small operators of a step waits for it. On
-this project's 2-core machine with one other busy process, the main job's steps ran 2.5× slower with 2 threads
-than with 1 (and up to 40× slower with more competitors), while one thread ran at full speed on the free core.
+that thread runs only part of the time and each of the thousands of small operators of a step waits for it, while
+one thread runs at full speed on the free core (measurements: ``experiments/bench/README.md``).
 
 The rule (``threads=auto``, the default of every CLI):
 

@@ -35,8 +35,8 @@ class GroupNorm32(nn.GroupNorm):
     conv stay in bf16.
 
     CUDA's autocast runs group_norm in fp32 (it is on its fp32 list); CPU's leaves it in the input's dtype, and
-    torch's bf16 channels-last GroupNorm kernel on CPU is up to 6× slower than fp32 (16 channels at 28×28, batch
-    64: 5.3 ms against 0.9 ms): with it a bf16 U-Net was 1.35× *slower* than fp32, with this 1.2–1.5× faster.
+    torch's bf16 channels-last GroupNorm kernel on CPU is much slower than its fp32 one, enough to make a bf16
+    U-Net slower than fp32 (measured in ``experiments/bench/README.md``).
     Same parameters and state-dict keys as ``nn.GroupNorm``; without autocast nothing changes.
     """
 

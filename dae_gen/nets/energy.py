@@ -5,7 +5,7 @@ written out (:meth:`ResNetEnergy.value_and_input_grad`). The annealed-DSM loss c
 differentiates it again; with autograd's input gradient that second differentiation runs torch's generic
 convolution double backward, which on a CPU costs about 3.4 forward convolutions per layer. Written out, each
 conv's input gradient is a transposed conv with the same weight, whose own gradients are the native conv
-kernels (2 forward-conv costs): the same numbers, a training step about 1.2× faster.
+kernels (2 forward-conv costs): the same numbers at a lower cost (``experiments/bench/README.md``).
 """
 
 from __future__ import annotations
