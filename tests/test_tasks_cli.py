@@ -119,7 +119,7 @@ def test_bad_tasks_fail_with_one_clear_error(workdir, tmp_path):
             return compose(config_name="sample", overrides=list(overrides))
 
     run = workdir / "outputs" / "run1"
-    with pytest.raises(ConfigError, match="task must be one of"):
+    with pytest.raises(ConfigError, match="task: must be one of"):
         sample(compose_sample(f"run={run}", "task=paint"), tmp_path / "a")
     with pytest.raises(ConfigError, match="Langevin sampler"):
         sample(compose_sample(f"run={run}", "task=inpaint", "sampler=generator"), tmp_path / "b")

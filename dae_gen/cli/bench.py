@@ -100,7 +100,7 @@ def variant_configs(cfg: DictConfig) -> list[tuple[str, DictConfig, dict]]:
         with open_dict(variant):  # a constructor argument the config leaves at its default may be added
             OmegaConf.update(variant, key, value, merge=False, force_add=True)
         try:  # the compared key must be a setting of its node, with a value of its type
-            check_arguments(variant, skip=("sampler",))
+            check_arguments(OmegaConf.to_container(variant, resolve=True), skip=("sampler",))
         except ConfigError as err:
             raise ConfigError(f"compare={key} values={list(values)}: {err}") from err
         variants.append((f"{key}={value}", variant, {key: value}))
