@@ -43,8 +43,8 @@ from dae_gen.errors import CheckpointError, TrainingDiverged, TrainingInterrupte
 from dae_gen.objectives.base import Objective
 from dae_gen.precision import autocast, check_amp, describe_amp, resolve_amp
 from dae_gen.run_folder import ResumePlan, RunDir
-from dae_gen.train_hooks import ProgressLog, call_hooks, default_hooks
 from dae_gen.samplers.batches import draw_samples
+from dae_gen.train_hooks import ProgressLog, call_hooks, default_hooks
 
 log = logging.getLogger(__name__)
 

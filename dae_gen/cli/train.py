@@ -36,8 +36,8 @@ from dae_gen.cli.logs import collected_log, run_log
 from dae_gen.cli.sampling import sampler_label
 from dae_gen.errors import CheckpointError, ConfigError, DataError
 from dae_gen.precision import resolve_amp
-from dae_gen.run import build_sampler
 from dae_gen.resume import LAUNCH_KEYS
+from dae_gen.run import build_sampler
 from dae_gen.run_folder import ResumePlan, RunDir
 from dae_gen.settings import check_keywords
 from dae_gen.train_hooks import HOOK_SETTINGS, Hook, default_hooks
