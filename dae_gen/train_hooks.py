@@ -9,9 +9,11 @@ no-ops)::
     on_fit_end(trainer)           after the last step, when training completed
     on_close(trainer, failed)     always, last, in reverse order (release files, bars, signal handlers)
 
-Attach one with ``trainer.fit(hooks=[*trainer.default_hooks(), MyHook()])``. Hooks run in list order; the
-defaults are ``[ProgressLog, StopPolicy, Checkpointing, SampleGrids, Evaluation]``, so a step is logged, then
-a stop request is honoured, then the step is checkpointed, drawn and evaluated. A hook that keeps extra state
+:func:`default_hooks` builds the usual ones from their own settings (the ``trainer:`` config keys in
+:data:`HOOK_SETTINGS`; the trainer itself takes only the step mechanics'). Attach one more with
+``trainer.fit(hooks=[*default_hooks(log_every=50), MyHook()])``. Hooks run in list order; the defaults are
+``[ProgressLog, StopPolicy, Checkpointing, SampleGrids, Evaluation]``, so a step is logged, then a stop request
+is honoured, then the step is checkpointed, drawn and evaluated. A hook that keeps extra state
 in checkpoints (an EMA snapshot, say) reads ``trainer.step`` and ``trainer.objective`` at ``on_step_end``.
 """
 
@@ -255,4 +257,44 @@ class Evaluation(Hook):
             trainer.checkpoints.save_as(trainer.state_dict(), "best.pt")
 
 
-__all__ = ["Checkpointing", "Evaluation", "Hook", "ProgressLog", "SampleGrids", "StopPolicy", "call_hooks"]
+#: The ``trainer:`` config keys that are settings of :func:`default_hooks`, not arguments of the trainer.
+HOOK_SETTINGS = ("log_every", "ckpt_every", "sample_every", "eval_every", "n_samples", "best_metric", "stop_signals",
+                 "max_nonfinite_steps", "progress", "tensorboard")
+
+
+def default_hooks(*, log_every: int = 100, ckpt_every: int = 1000, sample_every: int = 1000, eval_every: int = 0,
+                  n_samples: int = 64, best_metric: str = "fid",
+                  stop_signals: Sequence[str] = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"),
+                  max_nonfinite_steps: int = 10, progress: bool = True, tensorboard: bool = True,
+                  sampler: Callable[..., Tensor] | None = None,
+                  save_samples: Callable[[Tensor, Path], None] | None = None,
+                  evaluator: Callable[[nn.Module, int], dict[str, float]] | None = None) -> list[Hook]:
+    """The hooks of a training run, in the order they run: log, stop policy, checkpoint, grid, evaluation.
+
+    log_every / ckpt_every / sample_every / eval_every: periods in steps (0 disables the periodic work; a final
+                     checkpoint and sample grid are always written at the end).
+    n_samples:       examples per sample grid; ``sampler``/``save_samples`` draw and write it (no grids without both).
+    evaluator:       ``(model, step) -> dict`` of metrics (e.g. FID), run every ``eval_every`` steps; ``best.pt`` is
+                     kept by its ``best_metric`` (lower is better). No evaluation without it.
+    stop_signals:    signals that stop training after the step in flight, with a checkpoint at that step
+                     (SIGTERM: schedulers and ``kill``; SIGINT: Ctrl-C; SIGUSR1/SIGUSR2: SLURM's pre-timeout
+                     signal, ``--signal=USR1@120`` in a batch script, USR2 from submitit).
+    max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient (1: stop at the
+                     first one); the trainer skips and counts isolated ones.
+    progress / tensorboard: the progress bars, and TensorBoard events next to ``metrics.jsonl``.
+    """
+    progress_log = ProgressLog(log_every=log_every, progress=progress, tensorboard=tensorboard)
+    stop = StopPolicy(signals=stop_signals, max_nonfinite_steps=max_nonfinite_steps)
+    hooks: list[Hook] = [progress_log, stop, Checkpointing(every=ckpt_every)]
+    grids = SampleGrids(sampler=sampler, save_samples=save_samples, every=sample_every, n_samples=n_samples,
+                        progress=progress, stop=stop)  # built (and checked) even when there is nothing to draw
+    if sampler is not None and save_samples is not None:
+        hooks.append(grids)
+    evaluation = Evaluation(evaluator=evaluator, every=eval_every, best_metric=best_metric, metrics=progress_log)
+    if evaluator is not None:
+        hooks.append(evaluation)
+    return hooks
+
+
+__all__ = ["Checkpointing", "Evaluation", "HOOK_SETTINGS", "Hook", "ProgressLog", "SampleGrids", "StopPolicy",
+           "call_hooks", "default_hooks"]

@@ -8,19 +8,21 @@ and steps that phase's optimiser. Then the LR schedules and the EMA of the weigh
 Non-finite values: an update whose loss or gradient norm is NaN/inf is skipped (its optimiser does not step).
 A step with a skipped update is a *skipped step*: the LR schedules and the EMA do not advance either, but the
 step counter does (its batches and noise were drawn, so a resumed run replays exactly the same stream). Skipped
-steps are counted in the log; after ``max_nonfinite_steps`` of them in a row the run stops
-(:class:`~dae_gen.errors.TrainingDiverged`). Weights only ever receive finite updates, and no checkpoint is
-written with a non-finite tensor. Weights that grew huge but stay finite (a learning rate far too high) cannot
-be told from large healthy ones by a threshold; what marks them is that their next loss is not finite. So no
-checkpoint is written during a run of skipped steps (the current weights have just given a non-finite loss):
-after lr=1e6 the newest checkpoint is the last one before the explosion, or none. Each checkpoint records its
+steps are counted (``skipped_steps``, ``nonfinite_streak``); how long a streak may grow is the stop policy's
+decision (:class:`~dae_gen.train_hooks.StopPolicy` raises :class:`~dae_gen.errors.TrainingDiverged`). Weights
+only ever receive finite updates, and no checkpoint is written with a non-finite tensor. Weights that grew huge
+but stay finite (a learning rate far too high) cannot be told from large healthy ones by a threshold; what marks
+them is that their next loss is not finite. So no checkpoint is written during a run of skipped steps (the
+current weights have just given a non-finite loss): after lr=1e6 the newest checkpoint is the last one before
+the explosion, or none. Each checkpoint records its
 largest ``|weight|``, and the divergence message reports it and warns when the newest checkpoint's weights are
 the ones that gave the first non-finite loss.
 
 Around the loop: the run-directory lock and the resume (:mod:`dae_gen.run_folder`), and hooks
 (:mod:`dae_gen.train_hooks`) for everything that is not a step: the log and progress bar, the stop policy (stop
 signals: a checkpoint at the finished step, then :class:`~dae_gen.errors.TrainingInterrupted`; divergence),
-periodic checkpoints, sample grids and evaluation with ``best.pt``.
+periodic checkpoints, sample grids and evaluation with ``best.pt``. Their settings (periods, grid size, signals,
+divergence limit) are theirs, not the trainer's: :func:`~dae_gen.train_hooks.default_hooks` builds them.
 """
 
 from __future__ import annotations
@@ -40,10 +42,9 @@ from dae_gen import distributed as D
 from dae_gen.errors import CheckpointError, TrainingDiverged, TrainingInterrupted  # noqa: F401 (raised by hooks)
 from dae_gen.objectives.base import Objective
 from dae_gen.precision import autocast, check_amp, describe_amp, resolve_amp
-from dae_gen.run_dir import parse_signals
 from dae_gen.run_folder import ResumePlan, RunDir
 from dae_gen.samplers.batches import draw_samples
-from dae_gen.train_hooks import Checkpointing, Evaluation, Hook, ProgressLog, SampleGrids, StopPolicy, call_hooks
+from dae_gen.train_hooks import ProgressLog, call_hooks, default_hooks
 
 log = logging.getLogger(__name__)
 
@@ -134,33 +135,19 @@ class Trainer:
                      (CUDA; CPUs with AMX-BF16 / AVX512-BF16), else fp32 with one warning (``dae_gen.precision``).
                      Weights, gradients, optimiser state, EMA and checkpoints stay fp32; losses are averaged in fp32.
     compile:         ``torch.compile`` the objective's networks (first-order objectives only).
-    log_every / ckpt_every / sample_every / eval_every: periods in steps (0 disables the periodic work;
-                     a final checkpoint and sample grid are always written at the end).
-    keep_checkpoints: how many step checkpoints to keep (``best.pt`` is extra).
-    sampler:         driver ``(model, n, generator=, callback=) -> Tensor`` for periodic samples.
-    save_samples:    ``(samples, path) -> None`` writing a grid or scatter plot.
-    evaluator:       ``(model, step) -> dict`` of metrics (e.g. FID), run every ``eval_every`` steps.
-    best_metric:     key of the evaluator's output to keep ``best.pt`` by (lower is better).
-    stop_signals:    signals that stop training after the step in flight, with a checkpoint at that step
-                     (SIGTERM: schedulers and ``kill``; SIGINT: Ctrl-C; SIGUSR1/SIGUSR2: SLURM's pre-timeout
-                     signal, ``--signal=USR1@120`` in a batch script, USR2 from submitit).
-    max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient (1: stop at
-                     the first one); isolated ones are skipped and counted (``skipped_steps`` in the log).
+    keep_checkpoints: how many step checkpoints to keep, at least 1 (``best.pt`` is extra).
     seed, device, run_config: RNG seed (offset by rank), torch device, resolved config stored in checkpoints.
+
+    What runs around the steps (log, stop policy, periodic checkpoints, grids, evaluation) is given to
+    :meth:`fit` as hooks, with their own settings (:func:`~dae_gen.train_hooks.default_hooks`).
     """
 
     def __init__(self, *, objective: Objective, data, run_dir: str | Path, steps: int, batch_size: int,
                  optimizer: Callable[..., torch.optim.Optimizer], phase_lr: dict[str, float] | None = None,
                  lr_schedule: Callable[..., Any] | None = None, ema_decay: float = 0.999,
                  grad_clip: float | None = None, grad_clip_mode: str = "norm", amp: str = "none",
-                 compile: bool = False, log_every: int = 100, ckpt_every: int = 1000, sample_every: int = 1000,
-                 eval_every: int = 0, keep_checkpoints: int = 2, n_samples: int = 64,
-                 sampler: Callable[..., Tensor] | None = None,
-                 save_samples: Callable[[Tensor, Path], None] | None = None,
-                 evaluator: Callable[[nn.Module, int], dict[str, float]] | None = None, best_metric: str = "fid",
-                 stop_signals: Sequence[str] = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"),
-                 max_nonfinite_steps: int = 10, seed: int = 0, device: str | torch.device = "cpu",
-                 run_config: dict | None = None, progress: bool = True, tensorboard: bool = True):
+                 compile: bool = False, keep_checkpoints: int = 2, seed: int = 0,
+                 device: str | torch.device = "cpu", run_config: dict | None = None):
         if int(steps) < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if int(batch_size) < 1:
@@ -170,16 +157,12 @@ class Trainer:
             raise ValueError(f"grad_clip must be positive or null, got {grad_clip}")
         if grad_clip_mode not in ("norm", "soft"):
             raise ValueError(f"grad_clip_mode must be 'norm' or 'soft', got {grad_clip_mode!r}")
-        for name, every in [("log_every", log_every), ("ckpt_every", ckpt_every), ("sample_every", sample_every),
-                            ("eval_every", eval_every)]:
-            if int(every) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 disables), got {every}")
-        if int(max_nonfinite_steps) < 1:
-            raise ValueError(f"max_nonfinite_steps must be at least 1, got {max_nonfinite_steps}")
+        if int(keep_checkpoints) < 1:
+            raise ValueError(f"keep_checkpoints must be at least 1 (the newest step checkpoint is what a run resumes "
+                             f"from), got {keep_checkpoints}")
         if compile and objective.needs_double_backward:
             raise ValueError(f"compile=true is not possible for {type(objective).__name__}: its loss differentiates "
                              "through an input gradient (double backward), which torch.compile does not support")
-        parse_signals(stop_signals)  # a misspelt signal fails now, not at the first Ctrl-C
         self.device = torch.device(device)
         self.objective = objective.to(self.device)
         self.data = data.to(self.device)
@@ -187,15 +170,8 @@ class Trainer:
         self.steps, self.batch_size = int(steps), int(batch_size)
         self.grad_clip, self.grad_clip_mode = grad_clip, grad_clip_mode
         self.amp = resolve_amp(amp, self.device, warn=D.is_main_process())  # the precision that runs
-        self.log_every, self.ckpt_every = int(log_every), int(ckpt_every)
-        self.sample_every, self.eval_every = int(sample_every), int(eval_every)
-        self.n_samples = int(n_samples)
-        self.sampler, self.save_samples = sampler, save_samples
-        self.evaluator, self.best_metric = evaluator, best_metric
-        self.stop_signals, self.max_nonfinite_steps = list(stop_signals), int(max_nonfinite_steps)
         self.seed, self.config = int(seed), run_config or {}
-        self.progress, self.tensorboard = progress, tensorboard
-        self.checkpoints = RunDir(self.run_dir).checkpoints(keep=keep_checkpoints)
+        self.checkpoints = RunDir(self.run_dir).checkpoints(keep=int(keep_checkpoints))
 
         phase_lr = dict(phase_lr or {})
         unknown = set(phase_lr) - {name for name, _ in objective.phases}
@@ -353,13 +329,10 @@ class Trainer:
         return logs
 
     # -- what hooks call ------------------------------------------------------------------------------
-    def sample(self, n: int, *, sampler: Callable[..., Tensor] | None = None, seed: int = 0, progress: bool = False,
+    def sample(self, n: int, *, sampler: Callable[..., Tensor], seed: int = 0, progress: bool = False,
                callback=None) -> Tensor:
         """``n`` samples from the EMA model with a fixed seed (so grids are comparable across steps), on the CPU;
-        ``sampler``: a driver (default: the trainer's own)."""
-        sampler = sampler if sampler is not None else self.sampler
-        if sampler is None:
-            raise RuntimeError("no sampler was given to the trainer")
+        ``sampler``: a driver ``(model, n, generator=, callback=) -> Tensor``."""
         return draw_samples(self.ema.module, sampler, n, batch_size=n, seed=seed, progress=progress,
                             callback=callback, desc=f"grid at step {self.step}")
 
@@ -376,20 +349,6 @@ class Trainer:
         else:
             log.info("new run: %d steps", self.steps)
 
-    def default_hooks(self) -> list[Hook]:
-        """The hooks built from this trainer's run-folder settings (periods, sampler, evaluator, stop policy), in
-        the order they run: log, stop policy, checkpoint, grid, evaluation."""
-        progress = ProgressLog(log_every=self.log_every, progress=self.progress, tensorboard=self.tensorboard)
-        stop = StopPolicy(signals=self.stop_signals, max_nonfinite_steps=self.max_nonfinite_steps)
-        hooks: list[Hook] = [progress, stop, Checkpointing(every=self.ckpt_every)]
-        if self.sampler is not None and self.save_samples is not None:
-            hooks.append(SampleGrids(sampler=self.sampler, save_samples=self.save_samples, every=self.sample_every,
-                                     n_samples=self.n_samples, progress=self.progress, stop=stop))
-        if self.evaluator is not None:
-            hooks.append(Evaluation(evaluator=self.evaluator, every=self.eval_every, best_metric=self.best_metric,
-                                    metrics=progress))
-        return hooks
-
     # -- the loop -----------------------------------------------------------------------------------
     def fit(self, *, plan: ResumePlan | None = None, hooks: Sequence[Any] | None = None) -> dict[str, float]:
         """Train until ``steps``, resuming from the run directory's newest readable checkpoint if there is one.
@@ -398,14 +357,15 @@ class Trainer:
                 (``load_state_dict(plan.state)``), with the caller holding the run directory's lock
                 (:meth:`~dae_gen.run_folder.RunDir.lock`): nothing is read again, the lock is not taken again.
                 None: take the lock and resume from the newest readable checkpoint here.
-        hooks:  what runs around the steps (``dae_gen.train_hooks``); None: :meth:`default_hooks`.
+        hooks:  what runs around the steps (``dae_gen.train_hooks``); None: ``default_hooks()`` with its default
+                settings (no grids, no evaluation); ``[]``: the steps alone, nothing written.
 
         With the default hooks, raises :class:`~dae_gen.errors.TrainingInterrupted` after a stop signal (a
         checkpoint at the finished step is on disk), :class:`~dae_gen.errors.TrainingDiverged` after
         ``max_nonfinite_steps`` non-finite steps in a row; :class:`~dae_gen.run_dir.RunLocked` when another
         process is using the run directory.
         """
-        hooks = self.default_hooks() if hooks is None else list(hooks)
+        hooks = default_hooks() if hooks is None else list(hooks)
         with contextlib.ExitStack() as held:
             if plan is None:
                 held.enter_context(RunDir(self.run_dir).lock())

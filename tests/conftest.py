@@ -13,8 +13,35 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # one thread: the suite runs with -n 2 on 2 cores, and small nets run fastest on one thread anyway
 torch.set_num_threads(1)
 
+from dae_gen.train_hooks import HOOK_SETTINGS, default_hooks  # noqa: E402 (after the environment above)
+from dae_gen.trainer import Trainer  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "configs")
+
+
+class HookedTrainer(Trainer):
+    """A trainer whose ``fit()`` runs ``default_hooks(**hook_settings)`` (fresh ones each fit) unless given hooks."""
+
+    def __init__(self, hook_settings: dict, **arguments):
+        default_hooks(**hook_settings)  # a bad setting fails when the trainer is built, as in the CLI
+        super().__init__(**arguments)
+        self.hook_settings = hook_settings
+
+    def default_hooks(self):
+        return default_hooks(**self.hook_settings)
+
+    def fit(self, *, plan=None, hooks=None):
+        return super().fit(plan=plan, hooks=self.default_hooks() if hooks is None else hooks)
+
+
+def hooked_trainer(**arguments) -> HookedTrainer:
+    """A trainer and the default hooks of the same keyword arguments, split as ``dae-gen-train`` splits its
+    ``trainer:`` node: the hook settings (``log_every``, ``ckpt_every``, ``sampler``, ``evaluator`` ...) go to
+    the hooks, the rest to the trainer."""
+    hook_keys = {*HOOK_SETTINGS, "sampler", "save_samples", "evaluator"}
+    settings = {key: arguments.pop(key) for key in list(arguments) if key in hook_keys}
+    return HookedTrainer(settings, **arguments)
 
 
 def console_command(command: list[str], extra_env: dict | None = None) -> tuple[list[str], dict[str, str]]:

@@ -35,6 +35,7 @@ from dae_gen.objectives.dde import DDEGenerativeModel, DenoisingDensityEstimator
 from dae_gen.objectives.dsm import DenoisingScoreMatching
 from dae_gen.objectives.mdsm import AnnealedDSMEnergy
 from dae_gen.run_dir import RunLocked
+from dae_gen.train_hooks import default_hooks
 from dae_gen.trainer import Trainer
 
 GLOBAL_BATCH, STEPS = 16, 3
@@ -128,6 +129,11 @@ class SlicedData:
         pass
 
 
+def hooks(*, ckpt_every: int) -> list:
+    """A log row every step and checkpoints every ``ckpt_every`` steps (0: the final one), no grids or bars."""
+    return default_hooks(log_every=1, ckpt_every=ckpt_every, sample_every=0, progress=False, tensorboard=False)
+
+
 def initial(method: str) -> torch.nn.Module:
     torch.manual_seed(0)
     return METHODS[method]()
@@ -137,9 +143,9 @@ def train_method(method: str, run_dir: Path, *, rank: int, world: int) -> torch.
     objective = initial(method)
     trainer = Trainer(objective=objective, data=SlicedData(two_moons(), rank=rank, world=world), run_dir=run_dir,
                       steps=STEPS, batch_size=GLOBAL_BATCH // world, optimizer=partial(torch.optim.Adam, lr=1e-2),
-                      ckpt_every=0, sample_every=0, log_every=1, progress=False, tensorboard=False, seed=0)
+                      seed=0)
     with LayoutFreeRandomness(rank=rank, world=world):
-        trainer.fit()
+        trainer.fit(hooks=hooks(ckpt_every=0))
     return trainer.objective
 
 
@@ -176,15 +182,14 @@ def main(out: Path) -> None:
 
     def make_trainer(steps, directory=run_dir):
         return Trainer(objective=objective, data=two_moons(), run_dir=directory, steps=steps, batch_size=8,
-                       optimizer=partial(torch.optim.Adam, lr=1e-2), ckpt_every=5, sample_every=0, log_every=1,
-                       progress=False, tensorboard=False, seed=0)
+                       optimizer=partial(torch.optim.Adam, lr=1e-2), seed=0)
 
     trainer = make_trainer(5)
     batch = trainer.data.batch(4, generator=trainer.data_generator)
     batches = [torch.zeros_like(batch) for _ in range(2)]
     dist.all_gather(batches, batch)
     assert not torch.equal(batches[0], batches[1]), "ranks must draw different data"
-    trainer.fit()
+    trainer.fit(hooks=hooks(ckpt_every=5))
     params = flat(trainer.objective.parameters())
     replicas = [torch.zeros_like(params) for _ in range(2)]
     dist.all_gather(replicas, params)
@@ -206,7 +211,7 @@ def main(out: Path) -> None:
                                                   "started": "earlier", "command": "the first trainer"}))
     D.barrier()
     try:
-        make_trainer(3, locked).fit()
+        make_trainer(3, locked).fit(hooks=hooks(ckpt_every=5))
     except RunLocked as err:
         assert "the first trainer" in str(err), err
     else:
@@ -220,7 +225,7 @@ def main(out: Path) -> None:
 
         checkpoint_module.open = full_disk
     try:
-        make_trainer(4, out / "full").fit()
+        make_trainer(4, out / "full").fit(hooks=hooks(ckpt_every=5))
     except CheckpointError as err:
         assert str(err).endswith("ckpt_00000004.pt: No space left on device (ENOSPC)"), err
     else:

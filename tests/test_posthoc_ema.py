@@ -246,8 +246,7 @@ def test_hook_on_the_real_trainer_averages_its_weights_exactly(tmp_path):
     objective = DenoisingScoreMatching(net=partial(ScoreMLP, hidden=16, depth=2), data_shape=(2,),
                                        sigmas=geometric_sigmas(1.0, 0.05, 5))
     trainer = Trainer(objective=objective, data=two_moons(), run_dir=tmp_path, steps=30, batch_size=16,
-                      optimizer=partial(torch.optim.Adam, lr=1e-2), log_every=100, ckpt_every=1000,
-                      sample_every=0, progress=False, tensorboard=False, seed=1)
+                      optimizer=partial(torch.optim.Adam, lr=1e-2), seed=1)
     hook = PostHocEMAHook(sigma_rels=(0.05, 0.10), snapshot_every=10)
     trajectory = []
     for _ in range(30):

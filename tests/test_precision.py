@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_command
+from conftest import hooked_trainer, run_command
 from dae_gen import precision as P
 from dae_gen.checkpoint import load_checkpoint
 from dae_gen.data.digits import digits
@@ -32,7 +32,6 @@ from dae_gen.samplers.batches import draw_samples
 from dae_gen.samplers.nfe import CountingModel
 from dae_gen.samplers.tasks import _function, _knobs
 from dae_gen.samplers.temperature import sample_temperature_langevin
-from dae_gen.trainer import Trainer
 
 CPU_BF16, WHY = P.bf16_support("cpu")
 needs_bf16 = pytest.mark.skipif(not CPU_BF16, reason=f"bf16 autocast does not run natively here: {WHY}")
@@ -199,9 +198,10 @@ def test_group_norm_normalises_in_fp32_under_autocast_and_is_plain_groupnorm_wit
 # -- the trainer -----------------------------------------------------------------------------------------------
 def _trainer(run_dir, *, steps, amp, ckpt_every=2):
     torch.manual_seed(0)
-    return Trainer(objective=_energy(), data=digits(split="train"), run_dir=run_dir, steps=steps, batch_size=16,
-                   optimizer=partial(torch.optim.Adam, lr=1e-3), ema_decay=0.9, amp=amp, log_every=1,
-                   ckpt_every=ckpt_every, sample_every=0, progress=False, tensorboard=False, seed=3)
+    return hooked_trainer(objective=_energy(), data=digits(split="train"), run_dir=run_dir, steps=steps,
+                          batch_size=16, optimizer=partial(torch.optim.Adam, lr=1e-3), ema_decay=0.9, amp=amp,
+                          log_every=1, ckpt_every=ckpt_every, sample_every=0, progress=False, tensorboard=False,
+                          seed=3)
 
 
 @needs_bf16

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import console_command, error_lines, run_command, snapshot
+from conftest import console_command, error_lines, hooked_trainer, run_command, snapshot
 from dae_gen import checkpoint as checkpoint_module
 from dae_gen import distributed as D
 from dae_gen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, step_checkpoints
@@ -31,7 +31,6 @@ from dae_gen.noise import geometric_sigmas
 from dae_gen.objectives.dsm import DenoisingScoreMatching
 from dae_gen.run_dir import MetricsLog, RunCheckpoints, RunDirError, RunLock, RunLocked, StopSignals, parse_signals
 from dae_gen.run_folder import RunDir
-from dae_gen.trainer import Trainer
 
 
 def make_trainer(run_dir, *, steps, ckpt_every=5, **kwargs):
@@ -40,8 +39,8 @@ def make_trainer(run_dir, *, steps, ckpt_every=5, **kwargs):
                                        sigmas=geometric_sigmas(1.0, 0.05, 5))
     settings = dict(log_every=1, ckpt_every=ckpt_every, sample_every=0, progress=False, tensorboard=False, seed=7)
     settings.update(kwargs)
-    return Trainer(objective=objective, data=two_moons(), run_dir=run_dir, steps=steps, batch_size=16,
-                   optimizer=partial(torch.optim.Adam, lr=1e-3), **settings)
+    return hooked_trainer(objective=objective, data=two_moons(), run_dir=run_dir, steps=steps, batch_size=16,
+                          optimizer=partial(torch.optim.Adam, lr=1e-3), **settings)
 
 
 def metric_rows(run_dir: Path) -> list[dict]:

@@ -125,7 +125,6 @@ def test_trainer_compile_on_the_cpu_backend_trains_the_same(tmp_path):
         model = DenoisingScoreMatching(net=partial(ScoreMLP, hidden=32, depth=2), data_shape=(2,),
                                        sigmas=geometric_sigmas(2.0, 0.1, 4))
         trainer = Trainer(objective=model, data=mixture(), run_dir=tmp_path / str(compiled), steps=3, batch_size=64,
-                          optimizer=partial(torch.optim.Adam, lr=1e-3), compile=compiled, progress=False,
-                          tensorboard=False)
+                          optimizer=partial(torch.optim.Adam, lr=1e-3), compile=compiled)
         losses[compiled] = [trainer.train_step()["loss/model"].item() for _ in range(3)]
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)

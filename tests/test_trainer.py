@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import hooked_trainer
 from dae_gen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, step_checkpoints
 from dae_gen.data.toy import two_moons
 from dae_gen.errors import TrainingInterrupted
@@ -19,17 +20,17 @@ from dae_gen.noise import geometric_sigmas
 from dae_gen.objectives.base import Objective
 from dae_gen.objectives.dsm import DenoisingScoreMatching
 from dae_gen.train_hooks import Hook
-from dae_gen.trainer import EMA, Trainer, TrainingDiverged, clip_gradients, cosine_schedule, warmup_schedule
+from dae_gen.trainer import EMA, TrainingDiverged, clip_gradients, cosine_schedule, warmup_schedule
 
 
 def make_trainer(run_dir, *, steps, ckpt_every=5, objective=None, **kwargs):
     torch.manual_seed(123)  # the net's initial weights; the trainer then seeds its own RNG
     objective = objective or DenoisingScoreMatching(net=partial(ScoreMLP, hidden=32, depth=2), data_shape=(2,),
                                                     sigmas=geometric_sigmas(1.0, 0.05, 5))
-    return Trainer(objective=objective, data=two_moons(), run_dir=run_dir, steps=steps, batch_size=16,
-                   optimizer=partial(torch.optim.Adam, lr=1e-3),
-                   lr_schedule=partial(cosine_schedule, final_lr=1e-5), log_every=1, ckpt_every=ckpt_every,
-                   sample_every=0, progress=False, tensorboard=False, seed=7, **kwargs)
+    return hooked_trainer(objective=objective, data=two_moons(), run_dir=run_dir, steps=steps, batch_size=16,
+                          optimizer=partial(torch.optim.Adam, lr=1e-3),
+                          lr_schedule=partial(cosine_schedule, final_lr=1e-5), log_every=1, ckpt_every=ckpt_every,
+                          sample_every=0, progress=False, tensorboard=False, seed=7, **kwargs)
 
 
 def losses_of(run_dir: Path) -> dict[int, float]:
@@ -191,9 +192,9 @@ def test_exploded_weights_are_not_checkpointed(tmp_path):
     torch.manual_seed(123)
     objective = DenoisingScoreMatching(net=partial(ScoreMLP, hidden=32, depth=2), data_shape=(2,),
                                        sigmas=geometric_sigmas(1.0, 0.05, 5))
-    trainer = Trainer(objective=objective, data=two_moons(), run_dir=tmp_path, steps=50, batch_size=16,
-                      optimizer=partial(torch.optim.Adam, lr=1e6), log_every=1, ckpt_every=5, sample_every=0,
-                      progress=False, tensorboard=False, max_nonfinite_steps=5)
+    trainer = hooked_trainer(objective=objective, data=two_moons(), run_dir=tmp_path, steps=50, batch_size=16,
+                             optimizer=partial(torch.optim.Adam, lr=1e6), log_every=1, ckpt_every=5,
+                             sample_every=0, progress=False, tensorboard=False, max_nonfinite_steps=5)
     with pytest.raises(TrainingDiverged, match=r"5 steps in a row \(2–6\).*No checkpoint has been written yet"):
         trainer.fit()
     assert max(p.abs().max().item() for p in trainer.objective.parameters()) > 1e5  # they did explode
@@ -218,6 +219,10 @@ def test_a_stop_signal_during_a_run_of_non_finite_steps_does_not_claim_a_checkpo
     ({"steps": 5, "grad_clip": -1.0}, "grad_clip must be positive"),
     ({"steps": 5, "amp": "fp8"}, "amp must be"),
     ({"steps": 5, "phase_lr": {"generator": 1e-3}}, "phase_lr names phases"),
+    ({"steps": 5, "keep_checkpoints": 0}, "keep_checkpoints must be at least 1"),
+    ({"steps": 5, "keep_checkpoints": -1}, "keep_checkpoints must be at least 1"),
+    ({"steps": 5, "max_nonfinite_steps": 0}, "max_nonfinite_steps must be at least 1"),
+    ({"steps": 5, "eval_every": -1}, "eval_every must be >= 0"),
 ])
 def test_bad_trainer_settings(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -301,6 +306,25 @@ class _Snapshots(Hook):
 
     def on_close(self, trainer, failed):
         self.closed = failed
+
+
+def test_the_trainer_takes_the_step_mechanics_and_the_hooks_take_the_rest():
+    """Every key of the shipped ``trainer:`` node is an argument of the trainer or a setting of the default hooks,
+    never both; the objects the CLI supplies complete each signature."""
+    import inspect
+
+    import yaml
+
+    from dae_gen.train_hooks import HOOK_SETTINGS, default_hooks
+    from dae_gen.trainer import Trainer
+
+    node = yaml.safe_load((Path(__file__).parents[1] / "configs" / "trainer" / "default.yaml").read_text())
+    keys = {k for k in node if not k.startswith("_")}
+    mechanics = set(inspect.signature(Trainer).parameters) - {"objective", "data", "run_dir", "seed", "device",
+                                                              "run_config"}
+    settings = set(inspect.signature(default_hooks).parameters) - {"sampler", "save_samples", "evaluator"}
+    assert settings == set(HOOK_SETTINGS) and not mechanics & settings
+    assert keys == mechanics | settings
 
 
 def test_hooks_see_every_step_and_the_step_mechanics_do_not_depend_on_them(tmp_path):

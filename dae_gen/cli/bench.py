@@ -115,8 +115,8 @@ class Setting:
         self.threads = overrides.get("threads")
         self.model = build_model(cfg, data)  # everything as dae-gen-train builds it
         self.sampler, _ = build_grid_sampler(cfg, self.model)
-        self.trainer = build_trainer(cfg, model=self.model, data=data, sampler=self.sampler, run_dir=scratch / "run",
-                                     device=device, progress=False, tensorboard=False)
+        self.trainer, _ = build_trainer(cfg, model=self.model, data=data, run_dir=scratch / "run", device=device,
+                                        progress=False, tensorboard=False)  # steps only: its hooks never run
         self.sample_batch = int(cfg.bench.sample_batch or cfg.trainer.n_samples)
         self.effective = {"amp": self.trainer.amp, "sampler_amp": resolve_amp(driver_amp(self.sampler), device),
                           "compile": bool(cfg.trainer.compile), "batch_size": self.trainer.batch_size}

@@ -39,6 +39,8 @@ from dae_gen.precision import resolve_amp
 from dae_gen.resume import LAUNCH_KEYS
 from dae_gen.run import build_sampler
 from dae_gen.run_folder import ResumePlan, RunDir
+from dae_gen.settings import check_keywords
+from dae_gen.train_hooks import HOOK_SETTINGS, Hook, default_hooks
 from dae_gen.viz import reference_points, sample_saver
 
 log = logging.getLogger("dae_gen.cli")
@@ -66,30 +68,32 @@ def train(cfg: DictConfig, run_dir: str | Path, *, touched: Iterable[str] | None
             # (removed) if anything fails. The plan reads the newest readable checkpoint, once.
             held.enter_context(run_dir.lock())
             plan = run_dir.plan(requested, touched)
-            trainer, plan.config = build(plan.config, run_dir=run_dir.path, device=device, plan=plan)
+            trainer, hooks, plan.config = build(plan.config, run_dir=run_dir.path, device=device, plan=plan)
         start = plan.step
         if start >= trainer.steps:
             log.info("%s is already at trainer.steps=%d: nothing to train (raise trainer.steps to train on)",
                      run_dir.path, start)
             return {"step": float(start), "resumed": 1.0}
         if not D.is_main_process():
-            return trainer.fit(plan=plan)
+            return trainer.fit(plan=plan, hooks=hooks)
         run_dir.write_config(plan.config)
         history = run_dir.record_launch(command=command or " ".join(sys.argv), step=start, changes=plan.changes)
         with run_log(run_dir.path, earlier):
             if plan.changes:
                 log.info("resuming %s with changes (recorded in %s): %s", run_dir.path, history.name,
                          "; ".join(map(str, plan.changes)))
-            return trainer.fit(plan=plan)
+            return trainer.fit(plan=plan, hooks=hooks)
 
 
 def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, plan: ResumePlan | None = None
-          ) -> tuple[Any, dict]:
+          ) -> tuple[Any, list[Hook], dict]:
     """Check the config and build everything from it, nothing written: the trainer (with ``plan``'s checkpoint
-    state loaded, checked to fit) and the config to store (with ``data_shape`` and ``data_info``)."""
+    state loaded, checked to fit), the hooks around its steps, and the config to store (with ``data_shape`` and
+    ``data_info``)."""
     check_values(config, TRAIN_KEYS)
-    check_arguments(config, skip=("sampler",))  # the sampler: by build_sampler, naming its settings
+    check_arguments(config, skip=("sampler", "trainer"))  # the sampler: by build_sampler, naming its settings
     trainer_cfg = config["trainer"]
+    check_trainer_node(trainer_cfg)
     phase_lrs = [f"trainer.phase_lr.{phase}" for phase in trainer_cfg.get("phase_lr") or {}]
     check_positive(config, "trainer.optimizer.lr", *phase_lrs)
     check_threads(config.get("threads"))
@@ -110,11 +114,12 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, plan: 
         with building("metrics"):
             evaluator = instantiate(config["metrics"])(data=data, sampler=sampler)
     title = f"{type(model).__name__} · {sampler_label(settings)} · step {{step}}"
-    trainer = build_trainer(config, model=model, data=data, sampler=sampler, run_dir=run_dir, device=device,
-                            save_samples=sample_saver(data.info, reference=reference_points(data), title=title),
-                            evaluator=evaluator, run_config=config)
+    trainer, hooks = build_trainer(config, model=model, data=data, sampler=sampler, run_dir=run_dir, device=device,
+                                   save_samples=sample_saver(data.info, reference=reference_points(data),
+                                                             title=title),
+                                   evaluator=evaluator, run_config=config)
     if plan is None or plan.state is None:
-        return trainer, config
+        return trainer, hooks, config
     step, checkpoint = plan.step, plan.checkpoint
     if trainer.steps < step:
         raise ConfigError(f"trainer.steps={trainer.steps} is below this run's step {step} ({checkpoint}); give "
@@ -123,7 +128,7 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, plan: 
         trainer.load_state_dict(plan.state)  # the resume must fit before anything is written
     except CheckpointError as err:
         raise CheckpointError(f"{checkpoint}: {err}") from err
-    return trainer, config
+    return trainer, hooks, config
 
 
 def build_model(config: Mapping[str, Any], data) -> Any:
@@ -142,14 +147,45 @@ def build_grid_sampler(config: Mapping[str, Any], model) -> tuple[Any, dict]:
     return sampler, settings
 
 
-def build_trainer(config: Mapping[str, Any], *, model, data, sampler, run_dir: Path, device: torch.device,
-                  **options: Any) -> Any:
-    """The ``trainer`` node built over already-built objects (``options``: further trainer arguments such as
-    ``save_samples``, ``evaluator``, ``run_config``, ``progress``)."""
+def split_trainer_node(node: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``trainer`` node's keys as ``(step mechanics, hook settings)``: the trainer's own arguments (with
+    ``_target_``), and the settings of :func:`~dae_gen.train_hooks.default_hooks` (:data:`HOOK_SETTINGS`)."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    mechanics = {key: value for key, value in node.items() if key not in HOOK_SETTINGS}
+    settings = {key: value for key, value in node.items() if key in HOOK_SETTINGS}
+    return mechanics, settings
+
+
+def check_trainer_node(node: Mapping[str, Any]) -> None:
+    """The ``trainer`` node's keys, each one an argument of its trainer or a hook setting, with a value of the
+    annotated type; nested nodes (``optimizer``, ``lr_schedule``) against their own targets."""
+    mechanics, settings = split_trainer_node(node)
+    try:
+        check_arguments(mechanics, "trainer")
+    except ConfigError as err:
+        message = str(err)
+        if not any(message.startswith(f"trainer.{key}: ") and "has no argument" in message for key in mechanics):
+            raise
+        raise ConfigError(f"{err}, and its hooks' settings are {list(HOOK_SETTINGS)}") from None
+    check_keywords(default_hooks, settings, where="trainer", noun="setting")
+
+
+def build_trainer(config: Mapping[str, Any], *, model, data, run_dir: Path, device: torch.device, sampler=None,
+                  save_samples=None, evaluator=None, run_config: dict | None = None, **settings: Any
+                  ) -> tuple[Any, list[Hook]]:
+    """The ``trainer`` node built over already-built objects: the trainer from its step-mechanics keys, and the
+    hooks around its steps from its hook settings (``settings``: overrides of those, e.g. ``progress=False``),
+    with ``sampler``/``save_samples`` drawing the grids and ``evaluator`` the periodic metrics."""
+    mechanics, node_settings = split_trainer_node(config["trainer"])
     with building("trainer"):
-        make_trainer = instantiate(config["trainer"])  # a partial; the objects below must not be re-instantiated
-        return make_trainer(objective=model, data=data, run_dir=run_dir, sampler=sampler, seed=config["seed"],
-                            device=device, **options)
+        make_trainer = instantiate(mechanics)  # a partial; the objects below must not be re-instantiated
+        trainer = make_trainer(objective=model, data=data, run_dir=run_dir, seed=config["seed"], device=device,
+                               run_config=run_config)
+        hooks = default_hooks(**{**node_settings, **settings}, sampler=sampler, save_samples=save_samples,
+                              evaluator=evaluator)
+    # hooks configured by further trainer keys are appended here, after the defaults
+    return trainer, hooks
 
 
 def touched_keys(requested: DictConfig) -> set[str] | None:

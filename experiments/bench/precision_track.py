@@ -25,6 +25,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
+from dae_gen.cli.train import split_trainer_node
 from dae_gen.nets.energy import ResNetEnergy, conv_input_grad
 from dae_gen.precision import AutocastModel, autocast, bf16_support
 
@@ -122,8 +123,8 @@ def main() -> None:
     record = {"command": " ".join(sys.argv), "overrides": args.overrides, "steps": steps, "train_amp": cfg.trainer.amp,
               "rows": []}
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = instantiate(cfg.trainer)(objective=model, data=data, run_dir=scratch, seed=cfg.seed, progress=False,
-                                           tensorboard=False, steps=steps)
+        mechanics, _ = split_trainer_node(cfg.trainer)  # steps only: no hooks run here
+        trainer = instantiate({**mechanics, "steps": steps})(objective=model, data=data, run_dir=scratch, seed=cfg.seed)
         for step in range(steps + 1):
             if step % args.every == 0 or step == steps:
                 row = measure(model, held_out, step, batch=args.batch, seed=args.seed, variants=variants)
