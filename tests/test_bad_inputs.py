@@ -57,7 +57,7 @@ CASES = {  # (console script, arguments, text the one line must hold)
     "bench_target_argument": ("dae-gen-bench", ["experiment=ncsn_toy", "compare=model.net.nonsense", "values=[1,2]",
                                                 "hydra.run.dir=bench_run"], "model.net.nonsense"),
     "keep_checkpoints": ("dae-gen-train", [*TOY_RUN, "trainer.keep_checkpoints=-1", "hydra.run.dir=new_run"],
-                         "trainer.keep_checkpoints"),
+                         "trainer: keep_checkpoints must be at least 1"),
 }
 
 
