@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from dae_gen.errors import SamplingDiverged
-from dae_gen.score import Callback, ScoreModel, model_device
+from dae_gen.score import Callback, ScoreModel, Step, model_device
 
 
 def count_nonfinite(samples: Tensor) -> int:
@@ -24,7 +25,7 @@ def draw_samples(model: ScoreModel, sampler: Callable[..., Tensor], n: int, *, b
 
     sampler:         a driver ``(model, n, *, generator=, callback=) -> Tensor`` (a sampler config as a partial).
     progress:        two tqdm bars, images done and the sampler's steps within the current batch (fed by its callback).
-    callback:        also called with the sampler's per-step dict, plus ``batch`` (the batch index).
+    callback:        also called with the sampler's :class:`~dae_gen.score.Step`, its ``batch`` set to the batch index.
     require_finite:  raise :class:`~dae_gen.errors.SamplingDiverged` with the count if any sample is NaN/inf.
     """
     from tqdm.auto import tqdm
@@ -37,13 +38,13 @@ def draw_samples(model: ScoreModel, sampler: Callable[..., Tensor], n: int, *, b
             tqdm(desc="steps", unit="step", disable=not progress, leave=False, dynamic_ncols=True) as steps_bar:
         for k, start in enumerate(range(0, n, batch_size)):
 
-            def on_step(info: dict, k: int = k) -> None:
+            def on_step(step: Step, k: int = k) -> None:
                 if progress:
-                    if steps_bar.total != info["n"]:
-                        steps_bar.reset(total=info["n"])
-                    steps_bar.update(info["i"] - steps_bar.n)
+                    if step.i == 1 or (step.n is not None and steps_bar.total != step.n):
+                        steps_bar.reset(total=step.n)  # None (an adaptive solver): a bar without a total
+                    steps_bar.update(step.i - steps_bar.n)
                 if callback is not None:
-                    callback({**info, "batch": k})
+                    callback(replace(step, batch=k))
 
             size = min(batch_size, n - start)
             generator = torch.Generator(device=device).manual_seed(seed + k)

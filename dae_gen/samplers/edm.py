@@ -17,7 +17,7 @@ from torch import Tensor
 
 from dae_gen.noise import karras_sigmas
 from dae_gen.samplers.schedule import sigma_range
-from dae_gen.score import Callback, Score, ScoreModel, model_device, sigma_batch
+from dae_gen.score import Callback, Score, ScoreModel, Step, model_device, sigma_batch
 
 
 @torch.no_grad()
@@ -65,7 +65,8 @@ def edm_sampler(score: Score, x: Tensor, sigmas: Tensor, *, s_churn: float = 0.0
             nfe += 1
         x = x_next
         if callback is not None:
-            callback({"i": i + 1, "n": n_steps, "x": x, "sigma": sigma_next, "denoised": denoised, "nfe": nfe})
+            callback(Step(i=i + 1, n=n_steps, x=x, sigma=torch.tensor(sigma_next, dtype=x.dtype, device=x.device),
+                          denoised=denoised, extras={"nfe": torch.tensor(nfe)}))
     return x
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from dae_gen.noise import validate_sigmas
-from dae_gen.score import Callback, Score, ScoreModel, model_device, sigma_batch
+from dae_gen.score import Callback, Score, ScoreModel, Step, model_device, sigma_batch
 
 
 def denoise_step(score: Score, x: Tensor, sigma: float | Tensor) -> Tensor:
@@ -48,7 +48,7 @@ def annealed_langevin(score: Score, x: Tensor, sigmas: Tensor, *, n_steps_each: 
             i += 1
             if callback is not None:
                 # tensors, not floats: a host sync per step would stall a GPU chain
-                callback({"i": i, "n": total, "x": x, "sigma": sigma, "grad": grad})
+                callback(Step(i=i, n=total, x=x, sigma=sigma, extras={"grad": grad}))
     if denoise:
         x = denoise_step(score, x, sigmas[-1])
     return x

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from dae_gen.samplers.schedule import sigma_range
-from dae_gen.score import Callback, Score, ScoreModel, model_device, sigma_batch
+from dae_gen.score import Callback, Score, ScoreModel, Step, model_device, sigma_batch
 
 
 @torch.no_grad()
@@ -52,7 +52,7 @@ def probability_flow_ode(score: Score, x: Tensor, *, sigma_max: float, sigma_min
         drift = -sigma.pow(2) * score(state, sigma_batch(sigma, state))
         nfe += 1
         if callback is not None:
-            callback({"i": nfe, "n": None, "x": state, "sigma": sigma, "nfe": nfe})
+            callback(Step(i=nfe, n=None, x=state, sigma=sigma, extras={"nfe": torch.tensor(nfe)}))
         return drift
 
     span = torch.tensor([math.log(sigma_max), math.log(sigma_min)], dtype=torch.float64, device=x.device)
@@ -61,7 +61,8 @@ def probability_flow_ode(score: Score, x: Tensor, *, sigma_max: float, sigma_min
         x = x + sigma_min**2 * score(x, sigma_batch(sigma_min, x))
         nfe += 1
         if callback is not None:
-            callback({"i": nfe, "n": None, "x": x, "sigma": sigma_min, "nfe": nfe})
+            callback(Step(i=nfe, n=None, x=x, sigma=torch.tensor(sigma_min, dtype=x.dtype, device=x.device),
+                          extras={"nfe": torch.tensor(nfe)}))
     return x
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from dae_gen.noise import geometric_sigmas
 from dae_gen.samplers.schedule import sigma_range
-from dae_gen.score import Callback, Score, ScoreModel, model_device, sigma_batch
+from dae_gen.score import Callback, Score, ScoreModel, Step, model_device, sigma_batch
 
 CORRECTOR_NORMS = ("example", "batch")
 
@@ -79,7 +79,8 @@ def predictor_corrector(score: Score, x: Tensor, sigmas: Tensor, *, snr: float =
         if variance > 0 and not (denoise and i == len(levels) - 1):
             x = x + variance**0.5 * gaussian()
         if callback is not None:
-            callback({"i": i + 1, "n": len(levels), "x": x, "sigma": sigma, "nfe": nfe})
+            callback(Step(i=i + 1, n=len(levels), x=x, sigma=torch.tensor(sigma, dtype=x.dtype, device=x.device),
+                          extras={"nfe": torch.tensor(nfe)}))
     return x
 
 

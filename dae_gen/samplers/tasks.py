@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -35,7 +35,7 @@ from dae_gen.samplers.temperature import (
     temperature_annealed_langevin,
     temperature_schedule,
 )
-from dae_gen.score import Callback, Score, ScoreModel, expand_sigma, model_device
+from dae_gen.score import Callback, Score, ScoreModel, Step, expand_sigma, model_device
 
 MASK_KINDS = ("half", "bottom", "centre", "random")
 KNOWN_NOISE = ("level", "step")
@@ -167,7 +167,7 @@ def _showing_known(callback: Callback, clamped: KnownPixelsScore) -> Callback:
     """Pass the callback the state with its known pixels as the sampler reads them, not the unread entries."""
     if callback is None:
         return None
-    return lambda info: callback({**info, "x": clamped.shown(info["x"])})
+    return lambda step: callback(replace(step, x=clamped.shown(step.x)))
 
 
 def inpaint_annealed_langevin(score: Score, x: Tensor, known: Tensor, mask: Tensor, sigmas: Tensor, *,
@@ -380,8 +380,10 @@ def frame_steps(n_steps: int, n_frames: int) -> list[int]:
 class TrajectoryRecorder:
     """A sampler callback that keeps the chain's state ``x`` at chosen steps, and nothing else.
 
-    steps:     1-based step numbers as the samplers count them (``info["i"]``); or
-    n_frames:  that many steps spread evenly over the run (``frame_steps``), known once the sampler reports ``n``.
+    steps:     1-based step numbers as the samplers count them (``Step.i``); or
+    n_frames:  that many steps spread evenly over the run (``frame_steps``), known once the sampler reports ``n``;
+               where it reports ``n=None`` (an adaptive ODE solver: its length is known only at its end) every
+               state is kept and the frames are chosen from the steps it took.
     device:    where the kept copies go (the CPU by default, so a GPU chain keeps no extra memory).
 
     It never draws random numbers or changes ``x``, so a recorded run gives the samples of an unrecorded one.
@@ -397,29 +399,49 @@ class TrajectoryRecorder:
         if self._steps is not None and (not self._steps or self._steps[0] < 1):
             raise ValueError(f"steps must be one or more step numbers counted from 1, got {list(steps)}")
         self._states: dict[tuple[int, int], Tensor] = {}
+        self._open = False  # n_frames over a chain of unknown length: keeping every state until it ends
+        self._last: dict[int, int] = {}  # batch → its last step
 
     @property
     def steps(self) -> list[int]:
-        """The recorded step numbers (resolved from ``n_frames`` at the first step)."""
+        """The recorded step numbers (resolved from ``n_frames`` at the first step, or at the end of a chain of
+        unknown length)."""
+        if self._open:
+            self._close()
         if self._steps is None:
             raise RuntimeError("the steps of n_frames are known once the sampler has run")
         return list(self._steps)
 
-    def __call__(self, info: dict) -> None:
-        step, total = int(info["i"]), int(info["n"])
-        if self._steps is None:
-            self._steps = frame_steps(total, self.n_frames)
-        elif step == 1 and self._steps[-1] > total:
+    def _close(self) -> None:
+        """Choose ``n_frames`` steps of the shortest batch's chain and drop the other kept states."""
+        self._steps = frame_steps(min(self._last.values()), self.n_frames)
+        self._states = {key: x for key, x in self._states.items() if key[1] in self._steps}
+        self._open = False
+
+    def __call__(self, step: Step) -> None:
+        i, total = int(step.i), step.n
+        if self._steps is None and not self._open:
+            if total is None:
+                self._open = True
+            else:
+                self._steps = frame_steps(int(total), self.n_frames)
+        elif total is not None and i == 1 and self._steps is not None and self._steps[-1] > total:
             raise ValueError(f"cannot record step {self._steps[-1]}: the sampler runs {total} steps")
-        if step in self._steps:
-            self._states[(int(info.get("batch", 0)), step)] = info["x"].detach().to(self.device, copy=True)
+        self._last[step.batch] = i
+        if self._open or i in self._steps:
+            self._states[(step.batch, i)] = step.x.detach().to(self.device, copy=True)
 
     def frames(self) -> Tensor:
         """The recorded states ``(T, N, ...)``: T steps, the chains of all batches in order."""
         if not self._states:
             raise RuntimeError("nothing recorded yet: pass the recorder as a sampler's callback and run it")
+        steps = self.steps
         batches = sorted({b for b, _ in self._states})
-        return torch.stack([torch.cat([self._states[(b, s)] for b in batches]) for s in self.steps])
+        missing = [(b, s) for b in batches for s in steps if (b, s) not in self._states]
+        if missing:
+            raise ValueError(f"batch {missing[0][0]} did not reach step {missing[0][1]}: the batches' chains differ "
+                             "in length (an adaptive solver); record one batch, or give steps they all reach")
+        return torch.stack([torch.cat([self._states[(b, s)] for b in batches]) for s in steps])
 
 
 @dataclass
@@ -441,10 +463,10 @@ def record_trajectory(model: ScoreModel, n: int, *, sampler: SamplerSpec = None,
     recorder = TrajectoryRecorder(steps, n_frames=None if steps is not None else n_frames)
     driver = _driver(sampler, overrides)
 
-    def on_step(info: dict) -> None:
-        recorder(info)
+    def on_step(step: Step) -> None:
+        recorder(step)
         if callback is not None:
-            callback(info)
+            callback(step)
 
     samples = driver(model, int(n), generator=generator, callback=on_step)
     return Trajectory(steps=recorder.steps, frames=recorder.frames(), samples=samples.detach())

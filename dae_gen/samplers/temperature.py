@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from dae_gen.score import Callback, GenerativeModel, Score, ScoreModel, model_device
+from dae_gen.score import Callback, GenerativeModel, Score, ScoreModel, Step, model_device
 
 
 def temperature_schedule(*, n_steps_hot: int = 500, temp_hot: float = 100.0, n_steps_anneal: int = 2000,
@@ -67,7 +67,7 @@ def temperature_annealed_langevin(score: Score, x: Tensor, *, sigma0: float, n_s
         x = x - 0.5 * step_size**2 * grad_energy + math.sqrt(temp) * step_size * xi
         if callback is not None:
             # tensors, not floats: a host sync per step would stall a GPU chain
-            callback({"i": i + 1, "n": len(temps), "x": x, "temperature": temp, "grad": grad_energy})
+            callback(Step(i=i + 1, n=len(temps), x=x, extras={"temperature": torch.tensor(temp, dtype=torch.float64), "grad": grad_energy}))
     if denoise:
         x = x + sigma0**2 * score(x, sigma_b)
     return x
@@ -98,5 +98,5 @@ def sample_generator(model: GenerativeModel, n: int, *, generator: torch.Generat
                         "none: use a Langevin sampler")
     x = model.generate(n, generator=generator)
     if callback is not None:
-        callback({"i": 1, "n": 1, "x": x})
+        callback(Step(i=1, n=1, x=x))
     return x
