@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from dae_gen.precision import autocast
-from dae_gen.score import Step, model_device
+from dae_gen.score import Step, protocol_device
 
 
 def synchronize(device: torch.device) -> None:
@@ -139,7 +139,7 @@ def time_sampler_steps(driver: Callable[..., torch.Tensor], model, batch: int, *
     length is unknown in advance (``Step.n is None``: an adaptive ODE solver) always runs to its end;
     its ``chain_steps`` is the number of steps it reported.
     """
-    device = model_device(model)
+    device = protocol_device(model)
     stamps: list[float] = []
     cpu_stamps: list[float] = []
     calls: list[int] = []  # network calls made by each stamp

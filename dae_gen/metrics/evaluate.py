@@ -13,7 +13,7 @@ from torch import Tensor
 from dae_gen.metrics.fid import ReferenceStats, frechet_distance_to_features, kid, reference_stats
 from dae_gen.metrics.inception import InceptionFeatures, quantize, resolve_weights_path
 from dae_gen.samplers.batches import draw_samples
-from dae_gen.score import model_device
+from dae_gen.score import protocol_device
 
 
 def evaluate_samples(samples_uint8: Tensor, *, reference: ReferenceStats, extractor: InceptionFeatures,
@@ -98,7 +98,7 @@ class FIDMonitor:
 
     def __call__(self, model: torch.nn.Module, step: int) -> dict:
         started = time.perf_counter()
-        device = model_device(model)
+        device = protocol_device(model)
         if self.reference is None:
             self._setup(device)
         # batch k seeded with seed + k, as dae-gen-eval does, so both draw the same noise
