@@ -184,8 +184,8 @@ def sampling_model(model: Any, amp: str) -> Any:
 class PrecisionDriver:
     """A sampler driver ``(model, n, *, generator, callback) -> Tensor`` whose model runs at precision ``amp``.
 
-    ``dae_gen.run.build_sampler`` wraps every driver built with the setting ``amp`` in one, so each sampler takes
-    it without knowing about it. ``func`` is the wrapped driver (as for a ``functools.partial``) and
+    It wraps any driver so that it runs at ``amp`` without knowing about it (a registered sampler,
+    ``dae_gen.samplers.registry.Sampler``, applies its ``amp`` setting itself). ``func`` is the wrapped driver (as for a ``functools.partial``) and
     ``inspect.signature`` shows the driver's own settings.
     """
 
@@ -206,8 +206,10 @@ def with_precision(driver: Callable[..., Tensor], amp: str) -> Callable[..., Ten
 
 
 def driver_amp(driver: Callable[..., Tensor]) -> str:
-    """The precision a built driver asks for (``"none"`` unless it is a :class:`PrecisionDriver`)."""
-    return driver.amp if isinstance(driver, PrecisionDriver) else "none"
+    """The precision a built driver asks for: its ``amp`` (a :class:`PrecisionDriver`, a registered sampler), else
+    ``"none"``."""
+    amp = getattr(driver, "amp", "none")
+    return amp if isinstance(amp, str) else "none"
 
 
 __all__ = ["AMP_MODES", "AutocastModel", "PrecisionDriver", "autocast", "bf16_support", "check_amp", "describe_amp",

@@ -17,7 +17,6 @@ like ``Run.sample``'s (a config name, a settings dict, or an already built drive
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -27,51 +26,37 @@ import torch
 from torch import Tensor
 
 from dae_gen.errors import ConfigError
-from dae_gen.precision import driver_amp, sampling_model
-from dae_gen.samplers.langevin import annealed_langevin, denoise_step, initial_state, sample_annealed_langevin
-from dae_gen.samplers.temperature import (
-    sample_generator,
-    sample_temperature_langevin,
-    temperature_annealed_langevin,
-    temperature_schedule,
-)
+from dae_gen.samplers.langevin import annealed_langevin, denoise_step
+from dae_gen.samplers.registry import Sampler, build_sampler
+from dae_gen.samplers.temperature import temperature_annealed_langevin, temperature_schedule
 from dae_gen.score import Callback, Cond, Score, ScoreModel, Step, expand_sigma, protocol_device
 
 MASK_KINDS = ("half", "bottom", "centre", "random")
 KNOWN_NOISE = ("level", "step")
 ENDPOINTS = ("shared", "spherical")
 
-#: A sampler as the drivers take it: a config name, a settings dict (with ``_target_``), or a built driver.
-SamplerSpec = str | Mapping[str, Any] | Callable[..., Tensor] | None
+#: A sampler as the tasks take it: a registered name, a settings dict (with ``_target_``), a built
+#: :class:`~dae_gen.samplers.registry.Sampler`, or any driver callable (``record_trajectory``, ``inpaint``).
+SamplerSpec = str | Mapping[str, Any] | Sampler | Callable[..., Tensor] | None
 
 
 # -- choosing a sampler (as Run.sample does) ----------------------------------------------------------------
-def _driver(sampler: SamplerSpec, overrides: Mapping[str, Any]) -> Callable[..., Tensor]:
-    """A sampler driver ``(model, n, *, generator, callback)``: a name or settings are built with the run API's
-    ``build_sampler`` (every override checked against the driver's arguments); a driver is used as given."""
-    if callable(sampler):
-        if overrides:
-            raise ConfigError(f"settings {sorted(overrides)} cannot be applied to an already built sampler; pass "
-                              "the sampler by name or as settings instead")
-        return sampler
-    from dae_gen.run import build_sampler, sampler_config  # the run API builds samplers; imported late (cycle)
-
-    settings = sampler_config(sampler or "annealed_langevin") if sampler is None or isinstance(sampler, str) \
-        else sampler
-    return build_sampler(settings, **overrides)[0]
+def _sampler(sampler: SamplerSpec, overrides: Mapping[str, Any]) -> Sampler | Callable[..., Tensor]:
+    """A registered sampler built from a name, settings or a built :class:`Sampler` (``overrides`` checked by the
+    registry); any other callable driver ``(model, n, *, generator, callback)`` is used as given."""
+    if sampler is None or isinstance(sampler, (str, Mapping, Sampler)):
+        return build_sampler(sampler, **overrides)
+    if overrides:
+        raise ConfigError(f"settings {sorted(overrides)} cannot be applied to an already built driver; pass the "
+                          "sampler by name or as settings instead")
+    return sampler
 
 
-def _function(driver: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """The function under a driver built as a ``functools.partial`` (Hydra's ``_partial_``)."""
-    while hasattr(driver, "func"):
-        driver = driver.func
-    return driver
-
-
-def _knobs(driver: Callable[..., Tensor]) -> dict[str, Any]:
-    """Every setting of a driver with its value (the partial's settings over the function's defaults)."""
-    return {name: p.default for name, p in inspect.signature(driver).parameters.items()
-            if p.default is not inspect.Parameter.empty and name not in ("generator", "callback")}
+def _registered(sampler: Sampler | Callable[..., Tensor], task: str) -> Sampler:
+    if not isinstance(sampler, Sampler):
+        raise ConfigError(f"{task} needs a registered sampler (a name, settings or a built Sampler), got "
+                          f"{sampler!r}")
+    return sampler
 
 
 # -- inpainting -------------------------------------------------------------------------------------------
@@ -247,9 +232,8 @@ def inpaint(model: ScoreModel, images: Tensor, mask: Tensor, *, n_per_image: int
     known_noise:  ``"level"`` or ``"step"``; None: ``"step"`` for temperature Langevin (MDSM), else ``"level"`` (NCSN).
     cond:         conditioning of the ``N·n_per_image`` chains (image-major), passed to every score call as it is.
     """
-    driver = _driver(sampler, overrides)
-    function = _function(driver)
-    if function is sample_generator:
+    driver = _sampler(sampler, overrides)
+    if isinstance(driver, Sampler) and driver.spec.one_pass:
         raise ConfigError("the generator sampler draws in one pass and cannot hold pixels fixed; inpaint with a "
                           "Langevin sampler, e.g. sampler=annealed_langevin or temperature_langevin")
     if int(n_per_image) < 1:
@@ -260,13 +244,8 @@ def inpaint(model: ScoreModel, images: Tensor, mask: Tensor, *, n_per_image: int
     device = protocol_device(model)
     known = images.to(device).repeat_interleave(int(n_per_image), dim=0)  # (N·K, ...), image-major
     mask = torch.as_tensor(mask, dtype=torch.bool).to(device).expand_as(images).repeat_interleave(int(n_per_image), 0)
-    levels = None
-    if function is sample_temperature_langevin:
-        knobs = _knobs(driver)
-        sigma0 = float(model.reference_sigma) if knobs["sigma0"] is None else float(knobs["sigma0"])
-        levels = _temperature_levels(sigma0, **{k: knobs[k] for k in ("n_steps_hot", "temp_hot", "n_steps_anneal",
-                                                                     "n_steps_cool")})
-    default_noise = "step" if function is sample_temperature_langevin else "level"
+    levels = driver.known_noise_levels(model) if isinstance(driver, Sampler) else None
+    default_noise = "level" if levels is None else "step"  # per call where the levels change every step (MDSM)
     clamped = KnownPixelsScore(model.score, known, mask, known_noise=known_noise or default_noise,
                                noise_levels=levels, generator=generator)
     x = driver(_KnownPixelsModel(model, clamped), known.shape[0], generator=generator,
@@ -335,35 +314,16 @@ def interpolate(model: ScoreModel, n_rows: int, *, n_interpolations: int = 8, sa
         raise ValueError(f"endpoints must be one of {ENDPOINTS}, got {endpoints!r}")
     if int(n_rows) < 1 or int(n_interpolations) < 1:
         raise ValueError(f"n_rows and n_interpolations must be positive, got {n_rows} and {n_interpolations}")
-    driver = _driver(sampler, overrides)
-    function, knobs = _function(driver), _knobs(driver)
-    device = protocol_device(model)
-    model = sampling_model(model, driver_amp(driver))  # the chains below call its score directly: amp= applies here
-    shape = (int(n_rows), *model.data_shape)
-    noise = interpolation_noise(n_rows, n_interpolations, generator=generator)
-    if function is sample_annealed_langevin:
-        sigmas = model.sigmas if knobs["sigmas"] is None else torch.as_tensor(knobs["sigmas"])
-        init = dict(init=knobs["init"], init_low=knobs["init_low"], init_high=knobs["init_high"],
-                    sigma_max=float(sigmas[0]), device=device, generator=generator)
-        center = 0.5 * (knobs["init_low"] + knobs["init_high"]) if knobs["init"] == "uniform" else 0.0
-        start = initial_state(shape, **init)
-        end = initial_state(shape, **init) if endpoints == "spherical" else None
-        x = interpolation_starts(start, n_interpolations, end=end, center=center).flatten(0, 1)
-        x = annealed_langevin(model.score, x, sigmas.to(device), n_steps_each=knobs["n_steps_each"],
-                              step_lr=knobs["step_lr"], denoise=knobs["denoise"], generator=generator,
-                              callback=callback, noise=noise, cond=cond)
-    elif function is sample_temperature_langevin:
-        sigma0 = float(model.reference_sigma) if knobs["sigma0"] is None else float(knobs["sigma0"])
-        mean, std = knobs["init_mean"], knobs["init_std"]
-        start = mean + std * torch.randn(shape, generator=generator, device=device)
-        end = mean + std * torch.randn(shape, generator=generator, device=device) if endpoints == "spherical" else None
-        x = interpolation_starts(start, n_interpolations, end=end, center=mean).flatten(0, 1)
-        x = temperature_annealed_langevin(model.score, x, sigma0=sigma0, **{
-            k: knobs[k] for k in ("n_steps_hot", "temp_hot", "n_steps_anneal", "n_steps_cool", "step_size", "denoise")},
-            generator=generator, callback=callback, noise=noise, cond=cond)
-    else:
+    chosen = _registered(_sampler(sampler, overrides), "interpolation")
+    if not chosen.spec.noise_hook:
         raise ConfigError(f"interpolation drives Langevin noise, so it needs sampler=annealed_langevin or "
-                          f"temperature_langevin; got {getattr(function, '__name__', function)}")
+                          f"temperature_langevin (a sampler with a noise hook); got {chosen.name}")
+    start = chosen.initial_state(model, int(n_rows), generator=generator)
+    end = chosen.initial_state(model, int(n_rows), generator=generator) if endpoints == "spherical" else None
+    x = interpolation_starts(start, n_interpolations, end=end, center=chosen.center()).flatten(0, 1)
+    model = chosen.model_for_chain(model)  # the chains below call its score directly: amp= applies here
+    noise = interpolation_noise(n_rows, n_interpolations, generator=generator)
+    x = chosen.chain(model.score, x, model=model, generator=generator, callback=callback, cond=cond, noise=noise)
     return x.reshape(int(n_rows), int(n_interpolations), *model.data_shape)
 
 
@@ -462,7 +422,7 @@ def record_trajectory(model: ScoreModel, n: int, *, sampler: SamplerSpec = None,
     The samples equal those of the same driver run unrecorded with the same generator.
     """
     recorder = TrajectoryRecorder(steps, n_frames=None if steps is not None else n_frames)
-    driver = _driver(sampler, overrides)
+    driver = _sampler(sampler, overrides)
 
     def on_step(step: Step) -> None:
         recorder(step)
