@@ -185,7 +185,8 @@ class PrecisionDriver:
     """A sampler driver ``(model, n, *, generator, callback) -> Tensor`` whose model runs at precision ``amp``.
 
     It wraps any driver so that it runs at ``amp`` without knowing about it (a registered sampler,
-    ``dae_gen.samplers.registry.Sampler``, applies its ``amp`` setting itself). ``func`` is the wrapped driver (as for a ``functools.partial``) and
+    ``dae_gen.samplers.registry.Sampler``, applies its ``amp`` setting itself).
+    ``func`` is the wrapped driver (as for a ``functools.partial``) and
     ``inspect.signature`` shows the driver's own settings.
     """
 

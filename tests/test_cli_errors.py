@@ -43,7 +43,8 @@ TRAIN_CASES = {  # overrides of a new run: what the one line must say
     "value": (["trainer.steps=0"], ["trainer: steps must be at least 1"]),
     "negative lr": (["trainer.optimizer.lr=-1e-3"], ["trainer.optimizer.lr must be positive, got -0.001"]),
     "model value": (["model.sigmas.sigma_min=-0.1"], ["model:", "positive"]),
-    "sampler value": (["sampler.init=gausian"], ["sampler.init: must be one of ['uniform', 'gaussian'], got 'gausian'"]),
+    "sampler value": (["sampler.init=gausian"],
+                      ["sampler.init: must be one of ['uniform', 'gaussian'], got 'gausian'"]),
     "sampler key": (["sampler.n_steps_eech=5"], ["has no setting 'n_steps_eech'", "n_steps_each"]),
     "missing data": (["dataset=cifar10"], ["CIFAR-10", "dataset.root"]),
 }

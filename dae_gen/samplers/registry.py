@@ -347,7 +347,8 @@ _ODE_METHODS = ("dopri5", "bosh3", "fehlberg2", "adaptive_heun", "dopri8")
 
 register(SamplerEntry(
     "annealed_langevin", langevin.sample_annealed_langevin,
-    checks={"n_steps_each": at_least(1), "step_lr": positive, "denoise": boolean, "init": one_of("uniform", "gaussian")},
+    checks={"n_steps_each": at_least(1), "step_lr": positive, "denoise": boolean,
+            "init": one_of("uniform", "gaussian")},
     initial_state=_langevin_start, center=_uniform_center, chain=_langevin_chain, noise_hook=True))
 register(SamplerEntry(
     "temperature_langevin", temperature.sample_temperature_langevin,

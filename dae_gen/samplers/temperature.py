@@ -71,7 +71,8 @@ def temperature_annealed_langevin(score: Score, x: Tensor, *, sigma0: float, n_s
         x = x - 0.5 * step_size**2 * grad_energy + math.sqrt(temp) * step_size * xi
         if callback is not None:
             # tensors, not floats: a host sync per step would stall a GPU chain
-            callback(Step(i=i + 1, n=len(temps), x=x, extras={"temperature": torch.tensor(temp, dtype=torch.float64), "grad": grad_energy}))
+            callback(Step(i=i + 1, n=len(temps), x=x,
+                          extras={"temperature": torch.tensor(temp, dtype=torch.float64), "grad": grad_energy}))
     if denoise:
         x = x + sigma0**2 * score(x, sigma_b, **extra)
     return x
