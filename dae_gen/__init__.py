@@ -29,9 +29,19 @@ from dae_gen.errors import (  # noqa: E402
     SamplingDiverged,
     TrainingDiverged,
 )
-from dae_gen.run import Run, load_run, sampler_names  # noqa: E402
 from dae_gen.score import ScoreModel  # noqa: E402
-from dae_gen.trainer import Trainer  # noqa: E402
+
+#: Imported on first use, so that the layers below (``score``, ``samplers``, ``metrics``) import without the run
+#: API and its config machinery (OmegaConf, Hydra).
+_LAZY = {"Run": "dae_gen.run", "load_run": "dae_gen.run", "sampler_names": "dae_gen.run", "Trainer": "dae_gen.trainer"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dae_gen' has no attribute {name!r}")
 
 __all__ = ["CheckpointError", "ConfigError", "DaeGenError", "DataError", "Run", "SamplingDiverged", "ScoreModel",
            "Trainer", "TrainingDiverged", "__version__", "data", "load_run", "metrics", "nets", "noise", "objectives",

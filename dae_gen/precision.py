@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from dae_gen.errors import ConfigError
-from dae_gen.score import model_device
+from dae_gen.score import protocol_device
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +149,11 @@ class AutocastModel:
         self.model, self.amp = model, check_amp(amp)
 
     def _device(self) -> torch.device:
-        return model_device(self.model) if hasattr(self.model, "parameters") else torch.device("cpu")
+        return protocol_device(self.model)
 
-    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def score(self, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
         with autocast(self.amp, x.device):
-            out = self.model.score(x, sigma)
+            out = self.model.score(x, sigma, **cond)
         return out.to(x.dtype)
 
     def __getattr__(self, name: str) -> Any:
@@ -172,15 +172,16 @@ class AutocastModel:
 def sampling_model(model: Any, amp: str) -> Any:
     """``model`` for a sampler at the requested precision: wrapped in :class:`AutocastModel` when bf16 runs on its
     device (see :func:`resolve_amp`), else the model itself."""
-    device = model_device(model) if hasattr(model, "parameters") else torch.device("cpu")
+    device = protocol_device(model)
     return AutocastModel(model, amp="bf16") if resolve_amp(amp, device) == "bf16" else model
 
 
 class PrecisionDriver:
     """A sampler driver ``(model, n, *, generator, callback) -> Tensor`` whose model runs at precision ``amp``.
 
-    ``dae_gen.run.build_sampler`` wraps every driver built with the setting ``amp`` in one, so each sampler takes
-    it without knowing about it. ``func`` is the wrapped driver (as for a ``functools.partial``) and
+    It wraps any driver so that it runs at ``amp`` without knowing about it (a registered sampler,
+    ``dae_gen.samplers.registry.Sampler``, applies its ``amp`` setting itself).
+    ``func`` is the wrapped driver (as for a ``functools.partial``) and
     ``inspect.signature`` shows the driver's own settings.
     """
 
@@ -201,8 +202,10 @@ def with_precision(driver: Callable[..., Tensor], amp: str) -> Callable[..., Ten
 
 
 def driver_amp(driver: Callable[..., Tensor]) -> str:
-    """The precision a built driver asks for (``"none"`` unless it is a :class:`PrecisionDriver`)."""
-    return driver.amp if isinstance(driver, PrecisionDriver) else "none"
+    """The precision a built driver asks for: its ``amp`` (a :class:`PrecisionDriver`, a registered sampler), else
+    ``"none"``."""
+    amp = getattr(driver, "amp", "none")
+    return amp if isinstance(amp, str) else "none"
 
 
 __all__ = ["AMP_MODES", "AutocastModel", "PrecisionDriver", "autocast", "bf16_support", "check_amp", "describe_amp",

@@ -12,9 +12,8 @@ Samplers are named by their config file in ``configs/sampler/`` (installed as ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,63 +25,55 @@ from torch import Tensor
 from dae_gen.data.base import DataInfo
 from dae_gen.errors import CheckpointError, ConfigError
 from dae_gen.objectives.base import Objective
-from dae_gen.precision import check_amp, with_precision
 from dae_gen.run_folder import RunDir, run_directory
+from dae_gen.samplers import registry
 from dae_gen.samplers.batches import draw_samples
+from dae_gen.samplers.registry import Sampler
 from dae_gen.score import Callback
-from dae_gen.settings import check_keywords
 
-#: Arguments every sampler driver takes that are not settings.
-_DRIVER_ARGUMENTS = ("model", "n", "generator", "callback")
+# -- the one place run configs are read (OmegaConf, Hydra's instantiate) -------------------------------------
+def _plain(node: Any) -> Any:
+    """A config node as plain dicts and lists (resolved); anything else as it is."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _config(stored: Mapping[str, Any]) -> DictConfig:
+    """A checkpoint's stored config as the node ``Run.config`` holds."""
+    return OmegaConf.create(stored)
+
+
+def _instantiate(node: Any, **kwargs: Any) -> Any:
+    """The object a config node (``_target_`` ...) describes, with ``kwargs`` put over its arguments."""
+    from hydra.utils import instantiate
+
+    return instantiate(node, **kwargs)
 
 
 # -- samplers by name --------------------------------------------------------------------------------------
-def _sampler_folder():
-    return resources.files("dae_gen.configs").joinpath("sampler")
-
-
 def sampler_names() -> list[str]:
-    """The sampler configs that ship with dae_gen (``configs/sampler/*.yaml``)."""
-    return sorted(p.name.removesuffix(".yaml") for p in _sampler_folder().iterdir()
-                  if p.name.endswith(".yaml") and p.name != "from_run.yaml")
+    """The registered samplers (each with its config ``configs/sampler/<name>.yaml``)."""
+    return registry.sampler_names()
 
 
 def sampler_config(name: str) -> dict[str, Any]:
     """The settings of the sampler config ``name`` as a plain dict (with ``_target_`` and ``_partial_``)."""
-    path = _sampler_folder().joinpath(f"{name}.yaml")
-    if not path.is_file() or name == "from_run":
-        raise ConfigError(f"no sampler named {name!r}; choose one of {sampler_names()}")
-    with path.open(encoding="utf-8") as handle:
-        return OmegaConf.to_container(OmegaConf.load(handle), resolve=True)
+    return registry.sampler_config(name)
 
 
-def build_sampler(settings: Mapping[str, Any], **overrides: Any) -> tuple[Callable[..., Tensor], dict[str, Any]]:
-    """A sampler driver ``(model, n, *, generator, callback) -> Tensor`` and the exact settings it uses.
+def build_sampler(settings: Mapping[str, Any] | str, **overrides: Any) -> tuple[Sampler, dict[str, Any]]:
+    """A :class:`~dae_gen.samplers.registry.Sampler` ``(model, n, *, generator, callback, cond) -> Tensor`` and the
+    exact settings it uses (its config: ``_target_``, the settings given, ``_partial_``).
 
-    settings:   a sampler config (``_target_`` naming a driver function, and its keyword arguments).
-    overrides:  keyword arguments replacing or adding settings; each must be an argument of the driver, of its
-                annotated type (a ConfigError names the first that is not).
+    settings:   a sampler config (``_target_`` naming a registered driver, and its keyword arguments) or a name.
+    overrides:  settings replacing or adding to those; each is checked by the registry (name, type and range: a
+                ConfigError names the first that is not right).
 
     One setting every sampler takes besides its own: ``amp`` (``"none"`` or ``"bf16"``), the precision of the
     model's network calls during the chain (``dae_gen.precision``: bf16 autocast where the device computes in bf16,
     else fp32 with a warning; the chain's state stays fp32).
     """
-    from hydra.utils import get_method, instantiate
-
-    if isinstance(settings, DictConfig):
-        settings = OmegaConf.to_container(settings, resolve=True)
-    settings = {**settings, **overrides, "_partial_": True}
-    target = settings.get("_target_")
-    if not target:
-        raise ConfigError(f"a sampler config needs a _target_ naming its driver function, got {settings}")
-    try:
-        driver = get_method(target)
-    except Exception as err:
-        raise ConfigError(f"sampler _target_ {target!r} cannot be imported ({err})") from err
-    driver_settings = {k: v for k, v in settings.items() if k != "amp"}
-    check_keywords(driver, driver_settings, where="sampler", noun="setting", exclude=_DRIVER_ARGUMENTS)
-    amp = check_amp(settings.get("amp", "none"), where="sampler.amp")
-    return with_precision(instantiate(driver_settings), amp), settings
+    sampler = registry.build_sampler(_plain(settings), **overrides)
+    return sampler, dict(sampler.config)
 
 
 # -- runs ------------------------------------------------------------------------------------------------
@@ -110,25 +101,19 @@ class Run:
 
     @property
     def device(self) -> torch.device:
-        from dae_gen.score import model_device
+        from dae_gen.score import protocol_device
 
-        return model_device(self.model)
+        return protocol_device(self.model)
 
     def checkpoints(self) -> list[Path]:
         """The run's step checkpoints, oldest first, then ``best.pt`` if there is one."""
         return RunDir(self.path).all_checkpoints()
 
     def sampler(self, sampler: str | Mapping[str, Any] | None = None, **overrides: Any
-                ) -> tuple[Callable[..., Tensor], dict[str, Any]]:
+                ) -> tuple[Sampler, dict[str, Any]]:
         """A sampler driver and its exact settings: the run's own (``None``), a config by name, or a settings dict;
         ``overrides`` replace single settings."""
-        if sampler is None:
-            settings = self.config.sampler
-        elif isinstance(sampler, str):
-            settings = sampler_config(sampler)
-        else:
-            settings = sampler
-        return build_sampler(settings, **overrides)
+        return build_sampler(self.config.sampler if sampler is None else sampler, **overrides)
 
     def sample(self, n: int, *, sampler: str | Mapping[str, Any] | None = None, seed: int = 0,
                batch_size: int = 256, progress: bool = False, callback: Callback = None,
@@ -152,11 +137,9 @@ class Run:
         if self.data.kind != "points":
             return None
         if self._reference is None:
-            from hydra.utils import instantiate
-
             from dae_gen.viz import reference_points
 
-            self._reference = reference_points(instantiate(self.config.dataset), n)  # a toy law: no files to read
+            self._reference = reference_points(_instantiate(self.config.dataset), n)  # a toy law: no files to read
         return self._reference
 
     def data_examples(self, n: int, *, split: str = "test", seed: int = 0) -> Tensor:
@@ -166,11 +149,9 @@ class Run:
         the run's config without dequantisation; held out only if the run trained on another split), else from the
         training data. 2-D data: ``n`` fresh exact samples.
         """
-        from hydra.utils import instantiate
-
         config = self.config.dataset
         overrides = {key: value for key, value in (("split", split), ("dequantize", False)) if key in config}
-        dataset = instantiate(config, **overrides)
+        dataset = _instantiate(config, **overrides)
         generator = torch.Generator().manual_seed(seed)
         if self.data.kind == "points":
             return dataset.sample(int(n), generator=generator).cpu()
@@ -201,21 +182,19 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu", use_ema: b
     device:   where the model goes (``"cpu"``, ``"cuda"``, ``"auto"``).
     use_ema:  the EMA weights (True, what sample grids show) or the raw training weights.
     """
-    from hydra.utils import instantiate
-
     from dae_gen.distributed import resolve_device
 
     path = Path(path)
     run_dir = RunDir.of(path)
     state, checkpoint = run_dir.load(None if path.is_dir() else path, map_location="cpu")
-    config = OmegaConf.create(state["config"])
+    config = _config(state["config"])
     if "model" not in config or "data_shape" not in config:
         raise CheckpointError(f"the checkpoint at {path} holds no model config; was it written by dae-gen-train?")
     if "data_info" in config:
-        data = DataInfo.from_dict(OmegaConf.to_container(config.data_info))
+        data = DataInfo.from_dict(_plain(config.data_info))
     else:  # written before checkpoints described their data: rebuild the dataset once to learn it
-        data = instantiate(config.dataset).info
-    model = instantiate(config.model, data_shape=list(config.data_shape))
+        data = _instantiate(config.dataset).info
+    model = _instantiate(config.model, data_shape=list(config.data_shape))
     weights = "ema" if use_ema else "model"
     try:
         model.load_state_dict(state[weights])

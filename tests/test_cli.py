@@ -249,9 +249,9 @@ def test_sampling_a_missing_run_fails_clearly(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["sampler.init=gausian"], "init must be"),
-    (["sampler.step_lr=-1"], "step_lr must be positive"),
-    (["sampler=temperature_langevin", "sampler.step_size=0"], "step_size must be positive"),
+    (["sampler.init=gausian"], r"sampler\.init: must be one of \['uniform', 'gaussian'\], got 'gausian'"),
+    (["sampler.step_lr=-1"], r"sampler\.step_lr: must be positive, got -1"),
+    (["sampler=temperature_langevin", "sampler.step_size=0"], r"sampler\.step_size: must be positive, got 0"),
 ])
 def test_bad_sampler_settings_fail_before_training(compose_train, tmp_path, overrides, match):
     from dae_gen.cli.train import train

@@ -46,7 +46,8 @@ TRAIN_CASES = {  # overrides of a new run: what the one line must say
     "added key": (["+trainer.stepz=5"], ["trainer.stepz: Trainer has no argument 'stepz'", "'log_every'"]),
     "negative lr": (["trainer.optimizer.lr=-1e-3"], ["trainer.optimizer.lr must be positive, got -0.001"]),
     "model value": (["model.sigmas.sigma_min=-0.1"], ["model:", "positive"]),
-    "sampler value": (["sampler.init=gausian"], ["sampler:", "init must be"]),
+    "sampler value": (["sampler.init=gausian"],
+                      ["sampler.init: must be one of ['uniform', 'gaussian'], got 'gausian'"]),
     "sampler key": (["sampler.n_steps_eech=5"], ["has no setting 'n_steps_eech'", "n_steps_each"]),
     "missing data": (["dataset=cifar10"], ["CIFAR-10", "dataset.root"]),
 }
@@ -92,6 +93,17 @@ SAMPLE_CASES = {  # dae-gen-sample arguments ({root}: the fixture folder): what 
                              ["sampler.n_steps_each: expected int, got 'abc'"]),
     "value": (["run={root}/toy", "n_samples=0"], ["n_samples must be positive, got 0"]),
     "diverged": (["run={root}/toy", "n_samples=8", "sampler.step_lr=10"], ["8 of 8 samples are not finite"]),
+    # every sampler setting is checked by the registry before anything runs
+    "n_steps_each": (["run={root}/toy", "sampler.n_steps_each=0"],
+                     ["sampler.n_steps_each: must be an integer of at least 1, got 0"]),
+    "step_lr": (["run={root}/toy", "sampler.step_lr=-1"], ["sampler.step_lr: must be positive, got -1"]),
+    "n_steps": (["run={root}/toy", "sampler=heun", "sampler.n_steps=-3"],
+                ["sampler.n_steps: must be an integer of at least 1, got -3"]),
+    "rho": (["run={root}/toy", "sampler=heun", "sampler.rho=0"], ["sampler.rho: must be positive, got 0"]),
+    "s_churn": (["run={root}/toy", "sampler=edm_stochastic", "sampler.s_churn=-1"],
+                ["sampler.s_churn: must be non-negative, got -1"]),
+    "snr": (["run={root}/toy", "sampler=pc", "sampler.snr=-0.1"], ["sampler.snr: must be positive, got -0.1"]),
+    "rtol": (["run={root}/toy", "sampler=ode", "sampler.rtol=0"], ["sampler.rtol: must be positive, got 0"]),
 }
 
 

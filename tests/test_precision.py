@@ -30,7 +30,6 @@ from dae_gen.objectives.preconditioning import EDMPreconditioning
 from dae_gen.run import build_sampler
 from dae_gen.samplers.batches import draw_samples
 from dae_gen.samplers.nfe import CountingModel
-from dae_gen.samplers.tasks import _function, _knobs
 from dae_gen.samplers.temperature import sample_temperature_langevin
 
 CPU_BF16, WHY = P.bf16_support("cpu")
@@ -264,7 +263,7 @@ def test_sampler_amp_runs_the_network_in_bf16_and_keeps_the_chain_in_fp32(traine
     counted = CountingModel(model)
     with torch.inference_mode():
         a = draw_samples(model, fp32, 12, batch_size=6, seed=1)
-        b = draw_samples(counted, bf16, 12, batch_size=6, seed=1, callback=lambda info: states.append(info["x"]))
+        b = draw_samples(counted, bf16, 12, batch_size=6, seed=1, callback=lambda step: states.append(step.x))
     assert states and all(s.dtype == torch.float32 for s in states) and b.dtype == torch.float32
     assert counted.nfe_per_image(12) == 2 * 6 - 1  # the wrapper is outside the counter: every call counted
     assert not torch.equal(a, b)
@@ -274,10 +273,11 @@ def test_sampler_amp_runs_the_network_in_bf16_and_keeps_the_chain_in_fp32(traine
 def test_sampler_amp_keeps_the_drivers_own_settings_visible_to_tasks():
     driver, settings = build_sampler({"_target_": "dae_gen.samplers.temperature.sample_temperature_langevin",
                                       "n_steps_hot": 3}, amp="bf16")
-    assert isinstance(driver, P.PrecisionDriver) and settings["amp"] == "bf16"
-    assert _function(driver) is sample_temperature_langevin and _knobs(driver)["n_steps_hot"] == 3
+    assert driver.amp == P.driver_amp(driver) == "bf16" and settings["amp"] == "bf16"
+    assert driver.spec.driver is sample_temperature_langevin and driver.settings["n_steps_hot"] == 3
+    assert driver.known_noise_levels(_energy()).shape == (3 + 2000 + 200,)  # what inpainting reads of it
     plain, plain_settings = build_sampler({"_target_": "dae_gen.samplers.edm.sample_heun"})
-    assert not isinstance(plain, P.PrecisionDriver) and "amp" not in plain_settings  # records unchanged without it
+    assert plain.amp == "none" and "amp" not in plain_settings  # records unchanged without it
     with pytest.raises(ConfigError, match="n_step"):  # the driver's own settings are still checked
         build_sampler({"_target_": "dae_gen.samplers.edm.sample_heun", "n_step": 3}, amp="bf16")
 
