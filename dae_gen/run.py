@@ -23,13 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from dae_gen.data.base import DataInfo
-from dae_gen.errors import CheckpointError, ConfigError
+from dae_gen.errors import CheckpointError
 from dae_gen.objectives.base import Objective
 from dae_gen.run_folder import RunDir, run_directory
 from dae_gen.samplers import registry
 from dae_gen.samplers.batches import draw_samples
 from dae_gen.samplers.registry import Sampler
 from dae_gen.score import Callback
+
 
 # -- the one place run configs are read (OmegaConf, Hydra's instantiate) -------------------------------------
 def _plain(node: Any) -> Any:
