@@ -130,3 +130,26 @@ def test_unknown_sampler_and_bad_arguments_are_errors():
         inpaint_edm(score, x, x, MASK, karras_sigmas(4, 0.002, 80.0), resample=0)
     with pytest.raises(ValueError, match="final 0"):
         inpaint_edm(score, x, x, MASK, torch.tensor([2.0, 1.0]))
+
+
+# -- through the image-task API: any registered sampler, on a protocol object that is no network --------------
+@pytest.mark.parametrize("sampler, settings", [("heun", {"n_steps": 18}),
+                                               ("pc", {"n_steps": 100, "corrector_norm": "batch"})])
+def test_the_inpaint_task_samples_the_conditional_law_with_the_samplers_own_settings(sampler, settings):
+    from dae_gen.analytic import AnalyticGaussian
+    from dae_gen.samplers.tasks import inpaint
+
+    model = AnalyticGaussian(MU, SIGMA, sigmas=[20.0, 0.002])
+    fills = inpaint(model, Y[None], MASK, n_per_image=N_CHAINS // 2, sampler=sampler,
+                    generator=torch.Generator().manual_seed(3), **settings)[0]  # (K, 6), the defaults' resample
+    assert torch.equal(fills[:, MASK], Y[MASK].expand(N_CHAINS // 2, 3))
+    mean_error, cov_error = errors(fills)
+    assert mean_error < MEAN_TOL * 1.5 and cov_error < COV_TOL * 1.5, (mean_error, cov_error)  # half the chains
+
+
+def test_the_inpaint_task_refuses_the_adaptive_ode_in_one_line():
+    from dae_gen.analytic import AnalyticGaussian
+    from dae_gen.samplers.tasks import inpaint
+
+    with pytest.raises(ConfigError, match="sampler=ode cannot inpaint.*heun"):
+        inpaint(AnalyticGaussian(MU, SIGMA, sigmas=[20.0, 0.002]), Y[None], MASK, sampler="ode")

@@ -54,6 +54,8 @@ def check_task(cfg: DictConfig) -> None:
         check_number("inpaint.n_images", options.n_images, minimum=1, integer=True)
         check_number("inpaint.n_per_image", options.n_per_image, minimum=1, integer=True)
         check_choice("inpaint.known_noise", options.known_noise, (None, *KNOWN_NOISE))
+        if options.get("resample") is not None:
+            check_number("inpaint.resample", options.resample, minimum=1, integer=True)
     elif task == "interpolate":
         options = cfg.interpolate
         check_number("interpolate.n_rows", options.n_rows, minimum=1, integer=True)
@@ -107,7 +109,8 @@ def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path) -> Path:
         mask = inpainting_mask(options.mask, run.data.shape, missing_fraction=options.missing_fraction,
                                generator=torch.Generator().manual_seed(int(cfg.seed)))
         samples = inpaint(run.model, images, mask, n_per_image=options.n_per_image, sampler=sampler,
-                          known_noise=options.known_noise, generator=generator).cpu()
+                          known_noise=options.known_noise, resample=options.get("resample"),
+                          generator=generator).cpu()
         out_dir.mkdir(parents=True, exist_ok=True)
         from dae_gen.viz import save_inpainting_rows
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from dae_gen.errors import ConfigError
 from dae_gen.noise import geometric_sigmas
 from dae_gen.precision import check_amp, sampling_model
-from dae_gen.samplers import edm, fast, langevin, ode, pc, temperature
+from dae_gen.samplers import edm, fast, inpainting, langevin, ode, pc, temperature
 from dae_gen.samplers.schedule import sigma_range
 from dae_gen.score import Callback, Cond, protocol_device
 from dae_gen.settings import check_keywords
@@ -95,6 +95,10 @@ class SamplerEntry:
     known_noise_levels:  ``(model, settings) -> (calls,)``: the σ of the known pixels at each score call in
                          inpainting, where it differs from the σ of the call (temperature Langevin: σ₀√T_k).
     one_pass:            no chain: a generator network draws in one pass (nothing to hold fixed or to drive).
+    inpaint:             ``(score, x, known, mask, *, model, settings, resample, generator, callback, cond) -> x``:
+                         the chain that samples the conditional law of the missing pixels (replacement with RePaint
+                         resampling, ``dae_gen.samplers.inpainting``); None: inpainting runs ``chain`` on a score
+                         reading the known pixels noised (the Langevin samplers, which mix at every level).
     """
 
     name: str
@@ -106,6 +110,7 @@ class SamplerEntry:
     noise_hook: bool = False
     known_noise_levels: Callable[[Any, Mapping[str, Any]], Tensor] | None = None
     one_pass: bool = False
+    inpaint: Callable[..., Tensor] | None = None
 
     @property
     def target(self) -> str:
@@ -211,6 +216,15 @@ class Sampler:
         return self.spec.chain(score, x, model=model, settings=self._driver_settings, generator=generator,
                                callback=callback, cond=cond, **extra)
 
+    def inpaint(self, score: Callable[..., Tensor], x: Tensor, known: Tensor, mask: Tensor, *, model: Any,
+                resample: int, generator: torch.Generator | None = None, callback: Callback = None,
+                cond: Cond | None = None) -> Tensor:
+        """The sampler's conditional chain for inpainting from state ``x`` (see :class:`SamplerEntry`)."""
+        if self.spec.inpaint is None:
+            raise ConfigError(f"sampler {self.name} declares no inpainting chain")
+        return self.spec.inpaint(score, x, known, mask, model=model, settings=self._driver_settings,
+                                 resample=int(resample), generator=generator, callback=callback, cond=cond)
+
     def known_noise_levels(self, model: Any) -> Tensor | None:
         fn = self.spec.known_noise_levels
         return None if fn is None else fn(model, self._driver_settings)
@@ -312,6 +326,20 @@ def _karras_chain(name: str, function: Callable[..., Tensor], *keys: str,
     return chain
 
 
+def _karras_inpaint(name: str, *keys: str, single_level: bool = False) -> Callable[..., Tensor]:
+    """EDM's sampler on the ρ-schedule with replacement and RePaint resampling (``inpainting.inpaint_edm``)."""
+    from dae_gen.noise import karras_sigmas
+
+    def chain(score, x, known, mask, *, model, settings, resample, generator, callback, cond) -> Tensor:
+        sigma_max, sigma_min = sigma_range(model, settings["sigma_max"], settings["sigma_min"], sampler=name,
+                                           allow_single_level=single_level)
+        sigmas = karras_sigmas(settings["n_steps"], sigma_min, sigma_max, settings["rho"])
+        return inpainting.inpaint_edm(score, x, known, mask, sigmas.to(x.device, x.dtype), resample=resample,
+                                      generator=generator, callback=callback, cond=cond,
+                                      **{k: settings[k] for k in keys})
+    return chain
+
+
 def _ode_chain(score, x, *, model, settings, generator, callback, cond, noise=None) -> Tensor:
     sigma_max, sigma_min = sigma_range(model, settings["sigma_max"], settings["sigma_min"], sampler="ode",
                                        allow_single_level=False)
@@ -338,6 +366,15 @@ def _pc_chain(score, x, *, model, settings, generator, callback, cond, noise=Non
                                   generator=generator, callback=callback, cond=cond)
 
 
+def _pc_inpaint(score, x, known, mask, *, model, settings, resample, generator, callback, cond) -> Tensor:
+    """PC with imputation in predictor and corrector and RePaint resampling (``inpainting.inpaint_pc``)."""
+    return inpainting.inpaint_pc(score, x, known, mask, _pc_levels(model, settings).to(x.device, x.dtype),
+                                 resample=resample, snr=settings["snr"],
+                                 n_corrector_steps=settings["n_corrector_steps"],
+                                 corrector_norm=settings["corrector_norm"], denoise=settings["denoise"],
+                                 generator=generator, callback=callback, cond=cond)
+
+
 def _uniform_center(s: Mapping[str, Any]) -> float:
     return 0.5 * (s["init_low"] + s["init_high"]) if s["init"] == "uniform" else 0.0
 
@@ -359,18 +396,19 @@ register(SamplerEntry(
     known_noise_levels=_temperature_levels))
 register(SamplerEntry(
     "heun", edm.sample_heun, checks=_EDM, initial_state=_prior_start("heun", single_level=False),
-    chain=_karras_chain("heun", edm.edm_sampler)))
+    chain=_karras_chain("heun", edm.edm_sampler), inpaint=_karras_inpaint("heun")))
 register(SamplerEntry(
     "edm_stochastic", edm.sample_edm_stochastic,
     checks={**_EDM, "s_churn": non_negative, "s_tmin": non_negative, "s_tmax": non_negative, "s_noise": non_negative},
     initial_state=_prior_start("edm_stochastic", single_level=True),
     chain=_karras_chain("edm_stochastic", edm.edm_sampler, "s_churn", "s_tmin", "s_tmax", "s_noise",
-                        single_level=True)))
+                        single_level=True),
+    inpaint=_karras_inpaint("edm_stochastic", "s_churn", "s_tmin", "s_tmax", "s_noise", single_level=True)))
 register(SamplerEntry(
     "pc", pc.sample_predictor_corrector,
     checks={"n_steps": optional(at_least(1)), "snr": positive, "n_corrector_steps": at_least(0),
             "corrector_norm": one_of(*pc.CORRECTOR_NORMS), "denoise": boolean, **_SIGMA_RANGE},
-    initial_state=_prior_start("pc", single_level=True), chain=_pc_chain))
+    initial_state=_prior_start("pc", single_level=True), chain=_pc_chain, inpaint=_pc_inpaint))
 register(SamplerEntry(
     "ode", ode.sample_probability_flow_ode,
     checks={"rtol": positive, "atol": positive, "method": one_of(*_ODE_METHODS), "denoise": boolean, **_SIGMA_RANGE},

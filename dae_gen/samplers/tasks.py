@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from dae_gen.errors import ConfigError
+from dae_gen.samplers.inpainting import inpainting_method
 from dae_gen.samplers.langevin import annealed_langevin, denoise_step
 from dae_gen.samplers.registry import Sampler, build_sampler
 from dae_gen.samplers.temperature import temperature_annealed_langevin, temperature_schedule
@@ -218,8 +219,8 @@ class _KnownPixelsModel:
 
 
 def inpaint(model: ScoreModel, images: Tensor, mask: Tensor, *, n_per_image: int = 1, sampler: SamplerSpec = None,
-            known_noise: str | None = None, generator: torch.Generator | None = None, callback: Callback = None,
-            cond: Cond | None = None, **overrides: Any) -> Tensor:
+            known_noise: str | None = None, resample: int | None = None, generator: torch.Generator | None = None,
+            callback: Callback = None, cond: Cond | None = None, **overrides: Any) -> Tensor:
     """Complete the masked pixels of ``images`` ``(N, *data_shape)``: ``(N, n_per_image, *data_shape)`` on the model's
     device, the known pixels equal to ``images`` exactly.
 
@@ -230,12 +231,18 @@ def inpaint(model: ScoreModel, images: Tensor, mask: Tensor, *, n_per_image: int
                   noises the known pixels at σ₀√T_k (``inpaint_temperature_langevin``); every other sampler at the
                   σ it calls the score with.
     known_noise:  ``"level"`` or ``"step"``; None: ``"step"`` for temperature Langevin (MDSM), else ``"level"`` (NCSN).
+    resample:     the diffusion samplers (``heun``, ``edm_stochastic``, ``pc``): r, how often each step is taken
+                  with the state renoised in between (RePaint); clamping the known pixels in a deterministic or
+                  single-pass chain does not sample the conditional law. None: the measured default
+                  (``dae_gen.samplers.inpainting.DEFAULTS``). The adaptive ``ode`` and ``generator`` are refused.
     cond:         conditioning of the ``N·n_per_image`` chains (image-major), passed to every score call as it is.
+
+    Every method samples the conditional law of the missing pixels given the known ones (``inpainting_method``
+    says which runs for which sampler, and why); the Langevin samplers run on a score reading the known pixels
+    noised at each level.
     """
     driver = _sampler(sampler, overrides)
-    if isinstance(driver, Sampler) and driver.spec.one_pass:
-        raise ConfigError("the generator sampler draws in one pass and cannot hold pixels fixed; inpaint with a "
-                          "Langevin sampler, e.g. sampler=annealed_langevin or temperature_langevin")
+    method = inpainting_method(driver.name) if isinstance(driver, Sampler) else None
     if int(n_per_image) < 1:
         raise ValueError(f"n_per_image must be at least 1, got {n_per_image}")
     if tuple(images.shape[1:]) != tuple(model.data_shape):
@@ -244,6 +251,15 @@ def inpaint(model: ScoreModel, images: Tensor, mask: Tensor, *, n_per_image: int
     device = protocol_device(model)
     known = images.to(device).repeat_interleave(int(n_per_image), dim=0)  # (N·K, ...), image-major
     mask = torch.as_tensor(mask, dtype=torch.bool).to(device).expand_as(images).repeat_interleave(int(n_per_image), 0)
+    if method is not None and driver.spec.inpaint is not None:  # replacement with RePaint resampling
+        r = method.settings.get("resample", 1) if resample is None else resample
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise ConfigError(f"inpaint.resample: must be an integer of at least 1, got {r!r}")
+        chain_model = driver.model_for_chain(model)
+        x = driver.initial_state(model, known.shape[0], generator=generator)
+        x = driver.inpaint(chain_model.score, x, known, mask, model=chain_model, resample=r, generator=generator,
+                           callback=callback, cond=cond)
+        return keep_known(x, known, mask).reshape(images.shape[0], int(n_per_image), *images.shape[1:])
     levels = driver.known_noise_levels(model) if isinstance(driver, Sampler) else None
     default_noise = "level" if levels is None else "step"  # per call where the levels change every step (MDSM)
     clamped = KnownPixelsScore(model.score, known, mask, known_noise=known_noise or default_noise,
