@@ -1,4 +1,4 @@
-"""The score protocol (DESIGN.md §2): the one seam between trained models and samplers.
+"""The score protocol: the one seam between trained models and samplers.
 
 A score model is anything with ``score(x, sigma, **cond) -> ∇_x log p_σ(x | cond)`` (shape of ``x``; ``x`` is
 ``(B, ...)``, ``sigma`` a tensor ``(B,)``, ``cond`` keyword tensors such as ``class_labels`` that samplers pass

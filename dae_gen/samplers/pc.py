@@ -7,7 +7,7 @@ the reverse-diffusion predictor from σ_i to σ_{i+1}:
     predictor:  x ← x + (σ_i² − σ_{i+1}²)·s(x, σ_i) + √(σ_i² − σ_{i+1}²)·z
     corrector:  ε = 2·(snr·‖z‖/‖s(x, σ_i)‖)²,   x ← x + ε·s(x, σ_i) + √(2ε)·z
 
-with norms taken **per example** (``corrector_norm="example"``, DESIGN.md §1: a sample does not depend on the rest
+with norms taken **per example** (``corrector_norm="example"``: a sample does not depend on the rest
 of its batch) or averaged over the batch (``"batch"``, as the reference implementation ``score_sde`` does). A
 per-example step depends on x through ‖s(x)‖, which biases the chain's stationary law where norms do not
 concentrate: on N(0, s²I) at snr 0.16 the corrector's std is +0.3% off plain Langevin's at D = 784, +3% at D = 64,

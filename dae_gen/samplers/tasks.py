@@ -462,7 +462,7 @@ class Denoised(NamedTuple):
 def tweedie_denoising(score: Score, x: Tensor, sigmas: Tensor | Sequence[float], *,
                       generator: torch.Generator | None = None, cond: Cond | None = None) -> Denoised:
     """What a DAE sees and returns at each σ: ``x̃ = x + σ·ε`` and ``E[x | x̃] = x̃ + σ²·score(x̃, σ)`` (Tweedie's
-    formula; DESIGN.md §1: the DAE optimum ``r*(x̃)``). One ε for every σ, so the pictures differ only in σ."""
+    formula: the DAE optimum ``r*(x̃)``). One ε for every σ, so the pictures differ only in σ."""
     sigmas = torch.as_tensor(sigmas, dtype=x.dtype, device=x.device).flatten()
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     noisy = torch.stack([x + sigma * eps for sigma in sigmas])
