@@ -134,7 +134,7 @@ def test_bad_tasks_fail_with_one_clear_error(workdir, tmp_path):
     run = workdir / "outputs" / "run1"
     with pytest.raises(ConfigError, match="task: must be one of"):
         sample(compose_sample(f"run={run}", "task=paint"), tmp_path / "a")
-    with pytest.raises(ConfigError, match="Langevin sampler"):
+    with pytest.raises(ConfigError, match="sampler=generator cannot inpaint"):
         sample(compose_sample(f"run={run}", "task=inpaint", "sampler=generator"), tmp_path / "b")
     # 2-D data: no image pictures for inpainting, but interpolation rows work
     from dae_gen.cli.train import train

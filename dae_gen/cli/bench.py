@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dae_gen import benchmark as B
 from dae_gen.cli.checks import building, check_arguments, check_threads, set_threads
 from dae_gen.cli.launch import CONFIG_PATH, command_line, removed_if_refused, reports_user_errors, run_cli
-from dae_gen.cli.train import build_grid_sampler, build_model, build_trainer
+from dae_gen.cli.train import build_grid_sampler, build_model, build_trainer, check_trainer_node
 from dae_gen.distributed import resolve_device
 from dae_gen.errors import ConfigError, DataError
 from dae_gen.precision import bf16_support, driver_amp, resolve_amp
@@ -100,7 +100,9 @@ def variant_configs(cfg: DictConfig) -> list[tuple[str, DictConfig, dict]]:
         with open_dict(variant):  # a constructor argument the config leaves at its default may be added
             OmegaConf.update(variant, key, value, merge=False, force_add=True)
         try:  # the compared key must be a setting of its node, with a value of its type
-            check_arguments(OmegaConf.to_container(variant, resolve=True), skip=("sampler",))
+            plain = OmegaConf.to_container(variant, resolve=True)
+            check_arguments(plain, skip=("sampler", "trainer"))
+            check_trainer_node(plain["trainer"])
         except ConfigError as err:
             raise ConfigError(f"compare={key} values={list(values)}: {err}") from err
         variants.append((f"{key}={value}", variant, {key: value}))
