@@ -146,6 +146,9 @@ class Trainer:
                      signal, ``--signal=USR1@120`` in a batch script, USR2 from submitit).
     max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient (1: stop at
                      the first one); isolated ones are skipped and counted (``skipped_steps`` in the log).
+    hooks:           extra hooks (``dae_gen.train_hooks``) that run first after each step, before the log and the
+                     checkpoint (e.g. :class:`~dae_gen.posthoc_ema.PostHocEMAHook`); the state of those with
+                     ``state_dict``/``load_state_dict`` is part of the checkpoint, under their class name.
     seed, device, run_config: RNG seed (offset by rank), torch device, resolved config stored in checkpoints.
     """
 
@@ -160,7 +163,8 @@ class Trainer:
                  evaluator: Callable[[nn.Module, int], dict[str, float]] | None = None, best_metric: str = "fid",
                  stop_signals: Sequence[str] = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"),
                  max_nonfinite_steps: int = 10, seed: int = 0, device: str | torch.device = "cpu",
-                 run_config: dict | None = None, progress: bool = True, tensorboard: bool = True):
+                 run_config: dict | None = None, progress: bool = True, tensorboard: bool = True,
+                 hooks: Sequence[Any] = ()):
         if int(steps) < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if int(batch_size) < 1:
@@ -195,6 +199,10 @@ class Trainer:
         self.stop_signals, self.max_nonfinite_steps = list(stop_signals), int(max_nonfinite_steps)
         self.seed, self.config = int(seed), run_config or {}
         self.progress, self.tensorboard = progress, tensorboard
+        self.hooks = list(hooks)
+        names = [type(hook).__name__ for hook in self.stateful_hooks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"hooks: at most one stateful hook of each class (their checkpoint key), got {names}")
         self.checkpoints = RunDir(self.run_dir).checkpoints(keep=keep_checkpoints)
 
         phase_lr = dict(phase_lr or {})
@@ -232,6 +240,11 @@ class Trainer:
         torch.manual_seed(self.seed * 1000 + D.rank())
 
     # -- state --------------------------------------------------------------------------------------
+    @property
+    def stateful_hooks(self) -> list[Any]:
+        """The extra hooks whose state is checkpointed (those with ``state_dict`` and ``load_state_dict``)."""
+        return [h for h in self.hooks if hasattr(h, "state_dict") and hasattr(h, "load_state_dict")]
+
     def state_dict(self) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state(), "data": self.data_generator.get_state()}
         if self.device.type == "cuda":
@@ -248,6 +261,7 @@ class Trainer:
             "nonfinite": {"skipped_steps": self.skipped_steps, "streak": self.nonfinite_streak},
             "world_size": D.world_size(),
             "config": self.config,
+            "hooks": {type(h).__name__: h.state_dict() for h in self.stateful_hooks},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -260,6 +274,8 @@ class Trainer:
                 sched.load_state_dict(state["schedulers"][name])
         except (KeyError, RuntimeError, ValueError) as err:
             raise CheckpointError(f"the checkpoint does not fit this model/optimiser configuration: {err}") from err
+        for hook in self.stateful_hooks:  # a hook the checkpoint has no state for starts afresh
+            hook.load_state_dict(state.get("hooks", {}).get(type(hook).__name__, {}))
         self.step = int(state["step"])
         self.best = float(state.get("best", math.inf))
         nonfinite = state.get("nonfinite", {})
@@ -378,10 +394,10 @@ class Trainer:
 
     def default_hooks(self) -> list[Hook]:
         """The hooks built from this trainer's run-folder settings (periods, sampler, evaluator, stop policy), in
-        the order they run: log, stop policy, checkpoint, grid, evaluation."""
+        the order they run: this trainer's extra ``hooks``, log, stop policy, checkpoint, grid, evaluation."""
         progress = ProgressLog(log_every=self.log_every, progress=self.progress, tensorboard=self.tensorboard)
         stop = StopPolicy(signals=self.stop_signals, max_nonfinite_steps=self.max_nonfinite_steps)
-        hooks: list[Hook] = [progress, stop, Checkpointing(every=self.ckpt_every)]
+        hooks: list[Hook] = [*self.hooks, progress, stop, Checkpointing(every=self.ckpt_every)]
         if self.sampler is not None and self.save_samples is not None:
             hooks.append(SampleGrids(sampler=self.sampler, save_samples=self.save_samples, every=self.sample_every,
                                      n_samples=self.n_samples, progress=self.progress, stop=stop))

@@ -35,10 +35,11 @@ from dae_gen.cli.launch import CONFIG_PATH, command_line, process_start, reports
 from dae_gen.cli.logs import collected_log, run_log
 from dae_gen.cli.sampling import sampler_label
 from dae_gen.errors import CheckpointError, ConfigError, DataError
+from dae_gen.posthoc_ema import SIGMA_REL_MAX, PostHocEMAHook
 from dae_gen.precision import resolve_amp
 from dae_gen.run import build_sampler
 from dae_gen.resume import LAUNCH_KEYS
-from dae_gen.run_folder import ResumePlan, RunDir
+from dae_gen.run_folder import POSTHOC_EMA_DIR, ResumePlan, RunDir
 from dae_gen.viz import reference_points, sample_saver
 
 log = logging.getLogger("dae_gen.cli")
@@ -88,8 +89,10 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, plan: 
     """Check the config and build everything from it, nothing written: the trainer (with ``plan``'s checkpoint
     state loaded, checked to fit) and the config to store (with ``data_shape`` and ``data_info``)."""
     check_values(config, TRAIN_KEYS)
-    check_arguments(config, skip=("sampler",))  # the sampler: by build_sampler, naming its settings
     trainer_cfg = config["trainer"]
+    posthoc_ema_hook(trainer_cfg.get("posthoc_ema"))  # its settings, checked before anything is built
+    check_arguments({**config, "trainer": _trainer_node(trainer_cfg)},  # the sampler: by build_sampler
+                    skip=("sampler",))
     phase_lrs = [f"trainer.phase_lr.{phase}" for phase in trainer_cfg.get("phase_lr") or {}]
     check_positive(config, "trainer.optimizer.lr", *phase_lrs)
     check_threads(config.get("threads"))
@@ -145,11 +148,51 @@ def build_grid_sampler(config: Mapping[str, Any], model) -> tuple[Any, dict]:
 def build_trainer(config: Mapping[str, Any], *, model, data, sampler, run_dir: Path, device: torch.device,
                   **options: Any) -> Any:
     """The ``trainer`` node built over already-built objects (``options``: further trainer arguments such as
-    ``save_samples``, ``evaluator``, ``run_config``, ``progress``)."""
+    ``save_samples``, ``evaluator``, ``run_config``, ``progress``). ``trainer.posthoc_ema``, when on, becomes a
+    :class:`~dae_gen.posthoc_ema.PostHocEMAHook` among the trainer's ``hooks`` (its state in the checkpoints)."""
+    trainer_cfg = config["trainer"]
+    if isinstance(trainer_cfg, DictConfig):
+        trainer_cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
+    hook = posthoc_ema_hook(trainer_cfg.get("posthoc_ema"))
     with building("trainer"):
-        make_trainer = instantiate(config["trainer"])  # a partial; the objects below must not be re-instantiated
+        make_trainer = instantiate(_trainer_node(trainer_cfg))  # a partial; the objects below must not be rebuilt
         return make_trainer(objective=model, data=data, run_dir=run_dir, sampler=sampler, seed=config["seed"],
-                            device=device, **options)
+                            device=device, hooks=[hook] if hook is not None else [], **options)
+
+
+def _trainer_node(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``trainer`` node without ``posthoc_ema`` (a hook's settings, not a Trainer argument)."""
+    return {k: v for k, v in trainer_cfg.items() if k != "posthoc_ema"}
+
+
+def posthoc_ema_hook(settings: Mapping[str, Any] | None) -> PostHocEMAHook | None:
+    """The hook of ``trainer.posthoc_ema: {sigma_rels, snapshot_every}``; None when ``snapshot_every`` is null (off).
+    Each value is checked here, with a ConfigError naming its key."""
+    if settings is None:
+        return None
+    where = "trainer.posthoc_ema"
+    if not isinstance(settings, Mapping):
+        raise ConfigError(f"{where}: expected {{sigma_rels: [...], snapshot_every: N or null}}, got {settings!r}")
+    unknown = sorted(set(settings) - {"sigma_rels", "snapshot_every"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; expected sigma_rels and snapshot_every")
+    every = settings.get("snapshot_every")
+    if every is None:
+        return None
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"{where}.snapshot_every: expected a positive number of steps or null (off), got {every!r}")
+    lengths = settings.get("sigma_rels")
+    if (not isinstance(lengths, (list, tuple)) or not lengths
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in lengths)):
+        raise ConfigError(f"{where}.sigma_rels: expected a non-empty list of EMA lengths such as [0.05, 0.10], "
+                          f"got {lengths!r}")
+    for length in lengths:
+        if not 0 < length < SIGMA_REL_MAX:
+            raise ConfigError(f"{where}.sigma_rels: each length must be in (0, {SIGMA_REL_MAX:.3f}), got {length}; "
+                              "EDM2 keeps 0.05 and 0.10")
+    if len({float(s) for s in lengths}) != len(lengths):
+        raise ConfigError(f"{where}.sigma_rels: the lengths must differ (each is one snapshot file), got {lengths}")
+    return PostHocEMAHook(sigma_rels=[float(s) for s in lengths], snapshot_every=every, folder=POSTHOC_EMA_DIR)
 
 
 def touched_keys(requested: DictConfig) -> set[str] | None:
