@@ -242,7 +242,7 @@ def _check_ema_length(ema_length: Any, *, max_profile_error: Any, use_ema: bool)
     from dae_gen.posthoc_ema import SIGMA_REL_MAX
 
     if isinstance(ema_length, bool) or not isinstance(ema_length, (int, float)) or not 0 < ema_length < SIGMA_REL_MAX:
-        raise ConfigError(f"ema_length: expected a relative EMA length in (0, {SIGMA_REL_MAX:.3f}) such as 0.1, "
+        raise ConfigError(f"ema_length: expected a relative EMA length in (0, {SIGMA_REL_MAX:.4f}) such as 0.1, "
                           f"got {ema_length!r}")
     if (isinstance(max_profile_error, bool) or not isinstance(max_profile_error, (int, float))
             or not max_profile_error > 0):

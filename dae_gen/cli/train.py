@@ -188,7 +188,7 @@ def posthoc_ema_hook(settings: Mapping[str, Any] | None) -> PostHocEMAHook | Non
                           f"got {lengths!r}")
     for length in lengths:
         if not 0 < length < SIGMA_REL_MAX:
-            raise ConfigError(f"{where}.sigma_rels: each length must be in (0, {SIGMA_REL_MAX:.3f}), got {length}; "
+            raise ConfigError(f"{where}.sigma_rels: each length must be in (0, {SIGMA_REL_MAX:.4f}), got {length}; "
                               "EDM2 keeps 0.05 and 0.10")
     if len({float(s) for s in lengths}) != len(lengths):
         raise ConfigError(f"{where}.sigma_rels: the lengths must differ (each is one snapshot file), got {lengths}")
