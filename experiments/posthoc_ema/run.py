@@ -21,7 +21,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -67,14 +66,15 @@ def evaluate(args) -> None:
     for label, extra in variants(args.lengths):
         if any(row["label"] == label for row in done["rows"]):
             continue
-        out = RESULTS / "eval" / label.replace(" ", "_").replace(",", "").replace("'", "").replace("(", "").replace(
-            ")", "")
+        out = RESULTS / "eval" / "_".join(a.replace("=", "-") for a in extra)  # no '=' in a Hydra value
         cmd = [command("dae-gen-eval"), f"run={checkpoint}", f"n_samples={args.n_samples}", "batch_size=250",
                f"n_reference={args.n_reference}", f"kid_subset_size={min(args.n_samples, 1000)}", "seed=0",
                "threads=1", "device=cpu", f"cache_dir={args.cache_dir}", f"out={out}", *extra]
-        print(" ".join(cmd), flush=True)
-        started = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if (out / "eval.json").is_file():  # measured already (e.g. by a second process): collected, not redone
+            proc = subprocess.CompletedProcess(cmd, 0)
+        else:
+            print(" ".join(cmd), flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             print(proc.stderr[-2000:], flush=True)
             done["rows"].append({"label": label, "arguments": extra, "error": proc.stderr.strip().splitlines()[-1]})
@@ -88,7 +88,7 @@ def evaluate(args) -> None:
                                  "profile_error": posthoc.get("profile_error"),
                                  "profile_step": posthoc.get("step"),
                                  "n_snapshots": len(posthoc.get("snapshots", [])) or None,
-                                 "wall_s": time.perf_counter() - started})
+                                 "seconds": result["seconds"]})
             print(f"{label}: FID {result['fid']:.2f}", flush=True)
         path.write_text(json.dumps(done, indent=2) + "\n")
 
