@@ -115,7 +115,9 @@ def refuse_unsafe(changes: list[Change], run_dir: Path) -> None:
             f"{run_dir} holds a run trained with other settings; refusing to change {', '.join(map(str, unsafe))}. "
             "Relaunch without these overrides to resume it as stored (a relaunch may change only trainer.steps, "
             "the log/ckpt/sample/eval periods, sampler, metrics, device and threads), or train a new run in another "
-            "folder (hydra.run.dir=DIR)")
+            "folder (hydra.run.dir=DIR)" + (
+                ". To choose the EMA after training, train with trainer.posthoc_ema.snapshot_every=N and sample with "
+                "ema_length=L" if any(_under(c.key, ("trainer.ema_decay",)) for c in unsafe) else ""))
 
 
 __all__ = ["Change", "DERIVED_KEYS", "LAUNCH_KEYS", "SAFE_KEYS", "flatten", "refuse_unsafe", "resumed_config",

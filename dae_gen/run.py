@@ -3,6 +3,7 @@ save grids. No Hydra app is needed; this is what ``dae-gen-sample`` and ``dae-ge
 
     from dae_gen import load_run
     run = load_run("outputs/my_run")                       # newest checkpoint, EMA weights
+    run = load_run("outputs/my_run", ema_length=0.1)       # a post-hoc EMA of that length (dae_gen.posthoc_ema)
     x = run.sample(64, seed=0)                              # the run's own sampler
     y = run.sample(64, sampler="temperature_langevin", n_steps_hot=50)   # any sampler config, with overrides
     run.save_grid(x, "grid.png")
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from dae_gen.data.base import DataInfo
-from dae_gen.errors import CheckpointError
+from dae_gen.errors import CheckpointError, ConfigError
 from dae_gen.objectives.base import Objective
 from dae_gen.run_folder import RunDir, run_directory
 from dae_gen.samplers import registry
@@ -89,6 +90,8 @@ class Run:
     step:        the training step of the checkpoint.
     data:        the data's description (kind, shape, pixel range or plot bounds), from the checkpoint.
     use_ema:     whether ``model`` holds the EMA weights.
+    posthoc_ema: the post-hoc EMA ``model`` holds (``ema_length``, the ``step`` of its profile, the ``snapshots``
+                 combined, the ``profile_error``), or None for the checkpoint's own weights.
     """
 
     path: Path
@@ -98,6 +101,7 @@ class Run:
     step: int
     data: DataInfo
     use_ema: bool = True
+    posthoc_ema: dict[str, Any] | None = None
     _reference: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -177,34 +181,88 @@ class Run:
         return sample_saver(self.data, reference=self.reference_points(), title=title)(samples, Path(path))
 
 
-def load_run(path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True) -> Run:
+def load_run(path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True,
+             ema_length: float | None = None, max_profile_error: float = 0.1) -> Run:
     """Load a run directory (its newest checkpoint) or a checkpoint file into a :class:`Run`.
 
-    device:   where the model goes (``"cpu"``, ``"cuda"``, ``"auto"``).
-    use_ema:  the EMA weights (True, what sample grids show) or the raw training weights.
+    device:      where the model goes (``"cpu"``, ``"cuda"``, ``"auto"``).
+    use_ema:     the EMA weights (True, what sample grids show) or the raw training weights.
+    ema_length:  instead, the post-hoc EMA of this relative length σ_rel (EDM2), reconstructed from the run's
+                 snapshots up to the checkpoint's step (trained with ``trainer.posthoc_ema.snapshot_every``).
+    max_profile_error: refuse a length whose averaging profile the snapshots match worse than this (relative L2).
     """
     from dae_gen.distributed import resolve_device
 
     path = Path(path)
     run_dir = RunDir.of(path)
+    if ema_length is not None:
+        _check_ema_length(ema_length, max_profile_error=max_profile_error, use_ema=use_ema)
     state, checkpoint = run_dir.load(None if path.is_dir() else path, map_location="cpu")
     config = _config(state["config"])
     if "model" not in config or "data_shape" not in config:
         raise CheckpointError(f"the checkpoint at {path} holds no model config; was it written by dae-gen-train?")
+    step = int(state["step"])
     if "data_info" in config:
         data = DataInfo.from_dict(_plain(config.data_info))
     else:  # written before checkpoints described their data: rebuild the dataset once to learn it
         data = _instantiate(config.dataset).info
     model = _instantiate(config.model, data_shape=list(config.data_shape))
-    weights = "ema" if use_ema else "model"
+    posthoc = None
+    if ema_length is None:
+        name = "ema" if use_ema else "model"
+        weights, source = state[name], f"the {name} weights in {checkpoint}"
+    else:
+        weights, posthoc = posthoc_ema_weights(run_dir, ema_length, upto_step=step,
+                                               max_profile_error=max_profile_error)
+        source = f"the post-hoc EMA weights from {run_dir.posthoc_ema_folder}"
     try:
-        model.load_state_dict(state[weights])
+        model.load_state_dict(weights)
     except RuntimeError as err:
-        raise CheckpointError(f"the {weights} weights in {checkpoint} do not fit the model its config describes: "
+        raise CheckpointError(f"{source} do not fit the model its config describes: "
                               f"{str(err).splitlines()[0]}") from err
     model = model.to(torch.device(resolve_device(str(device)))).eval().requires_grad_(False)
-    return Run(path=run_dir.path, checkpoint=checkpoint, config=config, model=model, step=int(state["step"]), data=data,
-               use_ema=use_ema)
+    return Run(path=run_dir.path, checkpoint=checkpoint, config=config, model=model, step=step, data=data,
+               use_ema=use_ema, posthoc_ema=posthoc)
 
 
-__all__ = ["Run", "build_sampler", "load_run", "run_directory", "sampler_config", "sampler_names"]
+def _check_ema_length(ema_length: Any, *, max_profile_error: Any, use_ema: bool) -> None:
+    """``ema_length`` a number in (0, SIGMA_REL_MAX), ``max_profile_error`` positive, EMA weights asked for."""
+    from dae_gen.posthoc_ema import SIGMA_REL_MAX
+
+    if isinstance(ema_length, bool) or not isinstance(ema_length, (int, float)) or not 0 < ema_length < SIGMA_REL_MAX:
+        raise ConfigError(f"ema_length: expected a relative EMA length in (0, {SIGMA_REL_MAX:.4f}) such as 0.1, "
+                          f"got {ema_length!r}")
+    if (isinstance(max_profile_error, bool) or not isinstance(max_profile_error, (int, float))
+            or not max_profile_error > 0):
+        raise ConfigError(f"max_profile_error: expected a positive number, got {max_profile_error!r}")
+    if not use_ema:
+        raise ConfigError(f"ema_length={ema_length} gives post-hoc EMA weights, use_ema=false the raw ones: drop "
+                          "one of them")
+
+
+def posthoc_ema_weights(run_dir: RunDir, ema_length: float, *, upto_step: int, max_profile_error: float = 0.1
+                        ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The post-hoc EMA state dict of length ``ema_length`` from ``run_dir``'s snapshots of steps <= ``upto_step``
+    (:func:`dae_gen.posthoc_ema.posthoc_weights`, the profile at the newest of them), and its record."""
+    from dae_gen.posthoc_ema import load_snapshots, posthoc_weights, profile_error
+
+    folder = run_dir.posthoc_ema_folder
+    files = sorted(folder.glob("ema-*.pt")) if folder.is_dir() else []
+    if not files:
+        raise ConfigError(f"ema_length={ema_length}: {run_dir.path} has no post-hoc EMA snapshots ({folder}/ema-*.pt); "
+                          "train with trainer.posthoc_ema.snapshot_every=N to keep them (use_ema=true gives the "
+                          "run's own EMA)")
+    snapshots = [(f, s) for f, s in zip(files, load_snapshots(files)) if int(s["step"]) <= upto_step]
+    if not snapshots:
+        raise ConfigError(f"ema_length={ema_length}: {folder} holds no snapshot at or before the checkpoint's step "
+                          f"{upto_step}; load a later checkpoint")
+    dicts = [s for _, s in snapshots]
+    weights = posthoc_weights(dicts, ema_length, max_profile_error=max_profile_error)
+    record = {"ema_length": float(ema_length), "step": max(int(s["step"]) for s in dicts),
+              "profile_error": profile_error(dicts, ema_length),
+              "snapshots": [str(f.relative_to(run_dir.path)) for f, _ in snapshots]}
+    return weights, record
+
+
+__all__ = ["Run", "build_sampler", "load_run", "posthoc_ema_weights", "run_directory", "sampler_config",
+           "sampler_names"]

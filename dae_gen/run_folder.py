@@ -8,6 +8,7 @@ A run directory is the user's record of a run. :class:`RunDir` alone knows its l
     <run>/metrics.jsonl            one JSON row per logged step (+ tensorboard/)
     <run>/train.log                the launches' log lines
     <run>/samples/samples_<N>.png  periodic grids (samples.png: the newest)
+    <run>/posthoc_ema/ema-<N>-<σ>.pt  post-hoc EMA snapshots (trainer.posthoc_ema), for any EMA length after training
     <run>/samples_cli/<stamp>/     dae-gen-sample outputs;  <run>/eval/<stamp>/: dae-gen-eval outputs
     <run>/.lock                    held by the one process using the folder
 
@@ -47,6 +48,7 @@ HISTORY_FILE = "config_history.jsonl"
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "train.log"
 BEST_FILE = "best.pt"
+POSTHOC_EMA_DIR = "posthoc_ema"
 #: What a run folder may hold before its first launch wrote config.yaml (a lock, Hydra's leftovers).
 _PRE_RUN_ENTRIES = {LOCK_NAME, ".hydra", LOG_FILE}
 
@@ -120,6 +122,11 @@ class RunDir:
     @property
     def best_checkpoint(self) -> Path:
         return self.checkpoint_folder / BEST_FILE
+
+    @property
+    def posthoc_ema_folder(self) -> Path:
+        """The post-hoc EMA snapshots ``ema-<step>-<sigma_rel>.pt`` (:mod:`dae_gen.posthoc_ema`)."""
+        return self.path / POSTHOC_EMA_DIR
 
     def grid_file(self, step: int) -> Path:
         """The periodic sample grid of ``step``: ``samples/samples_<step>.png``."""
@@ -289,5 +296,5 @@ def new_output_dir(parent: Path, stamp: str | None = None) -> Path:
     return path
 
 
-__all__ = ["BEST_FILE", "CONFIG_FILE", "HISTORY_FILE", "LOG_FILE", "METRICS_FILE", "ResumePlan", "RunDir",
-           "new_output_dir", "run_directory"]
+__all__ = ["BEST_FILE", "CONFIG_FILE", "HISTORY_FILE", "LOG_FILE", "METRICS_FILE", "POSTHOC_EMA_DIR", "ResumePlan",
+           "RunDir", "new_output_dir", "run_directory"]

@@ -14,7 +14,9 @@ no-ops)::
 ``trainer.fit(hooks=[*default_hooks(log_every=50), MyHook()])``. Hooks run in list order; the defaults are
 ``[ProgressLog, StopPolicy, Checkpointing, SampleGrids, Evaluation]``, so a step is logged, then a stop request
 is honoured, then the step is checkpointed, drawn and evaluated. A hook that keeps extra state
-in checkpoints (an EMA snapshot, say) reads ``trainer.step`` and ``trainer.objective`` at ``on_step_end``.
+in checkpoints (an EMA snapshot, say) reads ``trainer.step`` and ``trainer.objective`` at ``on_step_end``; give it
+to the trainer (``Trainer(hooks=[...])``): it then runs before the others, so a checkpoint of step t holds its
+state after step t, and its ``state_dict()`` is saved in the checkpoint and restored on resume.
 """
 
 from __future__ import annotations

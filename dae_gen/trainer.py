@@ -136,6 +136,9 @@ class Trainer:
                      Weights, gradients, optimiser state, EMA and checkpoints stay fp32; losses are averaged in fp32.
     compile:         ``torch.compile`` the objective's networks (first-order objectives only).
     keep_checkpoints: how many step checkpoints to keep, at least 1 (``best.pt`` is extra).
+    hooks:           extra hooks (``dae_gen.train_hooks``) that run first after each step, before the log and the
+                     checkpoint (e.g. :class:`~dae_gen.posthoc_ema.PostHocEMAHook`); the state of those with
+                     ``state_dict``/``load_state_dict`` is part of the checkpoint, under their class name.
     seed, device, run_config: RNG seed (offset by rank), torch device, resolved config stored in checkpoints.
 
     What runs around the steps (log, stop policy, periodic checkpoints, grids, evaluation) is given to
@@ -147,7 +150,8 @@ class Trainer:
                  lr_schedule: Callable[..., Any] | None = None, ema_decay: float = 0.999,
                  grad_clip: float | None = None, grad_clip_mode: str = "norm", amp: str = "none",
                  compile: bool = False, keep_checkpoints: int = 2, seed: int = 0,
-                 device: str | torch.device = "cpu", run_config: dict | None = None):
+                 device: str | torch.device = "cpu", run_config: dict | None = None,
+                 hooks: Sequence[Any] = ()):
         if int(steps) < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if int(batch_size) < 1:
@@ -171,6 +175,10 @@ class Trainer:
         self.grad_clip, self.grad_clip_mode = grad_clip, grad_clip_mode
         self.amp = resolve_amp(amp, self.device, warn=D.is_main_process())  # the precision that runs
         self.seed, self.config = int(seed), run_config or {}
+        self.hooks = list(hooks)
+        names = [type(hook).__name__ for hook in self.stateful_hooks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"hooks: at most one stateful hook of each class (their checkpoint key), got {names}")
         self.checkpoints = RunDir(self.run_dir).checkpoints(keep=int(keep_checkpoints))
 
         phase_lr = dict(phase_lr or {})
@@ -208,6 +216,11 @@ class Trainer:
         torch.manual_seed(self.seed * 1000 + D.rank())
 
     # -- state --------------------------------------------------------------------------------------
+    @property
+    def stateful_hooks(self) -> list[Any]:
+        """The extra hooks whose state is checkpointed (those with ``state_dict`` and ``load_state_dict``)."""
+        return [h for h in self.hooks if hasattr(h, "state_dict") and hasattr(h, "load_state_dict")]
+
     def state_dict(self) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state(), "data": self.data_generator.get_state()}
         if self.device.type == "cuda":
@@ -224,6 +237,7 @@ class Trainer:
             "nonfinite": {"skipped_steps": self.skipped_steps, "streak": self.nonfinite_streak},
             "world_size": D.world_size(),
             "config": self.config,
+            "hooks": {type(h).__name__: h.state_dict() for h in self.stateful_hooks},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -236,6 +250,8 @@ class Trainer:
                 sched.load_state_dict(state["schedulers"][name])
         except (KeyError, RuntimeError, ValueError) as err:
             raise CheckpointError(f"the checkpoint does not fit this model/optimiser configuration: {err}") from err
+        for hook in self.stateful_hooks:  # a hook the checkpoint has no state for starts afresh
+            hook.load_state_dict(state.get("hooks", {}).get(type(hook).__name__, {}))
         self.step = int(state["step"])
         self.best = float(state.get("best", math.inf))
         nonfinite = state.get("nonfinite", {})
@@ -369,7 +385,7 @@ class Trainer:
         ``max_nonfinite_steps`` non-finite steps in a row; :class:`~dae_gen.run_dir.RunLocked` when another
         process is using the run directory.
         """
-        hooks = default_hooks() if hooks is None else list(hooks)
+        hooks = [*self.hooks, *(default_hooks() if hooks is None else hooks)]  # this trainer's own hooks first
         with contextlib.ExitStack() as held:
             if plan is None:
                 held.enter_context(RunDir(self.run_dir).lock())

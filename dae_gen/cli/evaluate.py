@@ -12,6 +12,7 @@ Examples::
     dae-gen-eval run=outputs/my_run/checkpoints/ckpt_00002000.pt sampler.n_steps_each=5 split=train
     dae-gen-eval samples=outputs/my_run/samples_cli/x/samples.npz      # saved samples (their record names the run)
     dae-gen-eval run=outputs/my_run metric=bpd likelihood.n_probes=4     # bits/dim with its standard error
+    dae-gen-eval run=outputs/my_run ema_length=0.1                     # post-hoc EMA weights of that length
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ log = logging.getLogger("dae_gen.cli")
 #: Types of the top-level keys of configs/eval.yaml.
 EVAL_KEYS = {"out": str | None, "n_samples": int, "batch_size": int, "seed": int, "use_ema": bool, "split": str,
              "n_reference": int | None, "kid_subset_size": int, "device": str, "metric": str, "fid_seeds": int,
-             "pr_k": int}
+             "pr_k": int, "ema_length": float | None, "max_profile_error": float}
 
 
 def load_samples_file(path: str | Path) -> dict[str, Any]:
@@ -106,8 +107,12 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     if cfg.samples is not None:
         stored = load_samples_file(cfg.samples)
     source = cfg.run if cfg.run is not None else stored["record"].get("checkpoint")  # the run behind the samples
+    if cfg.samples is not None and cfg.get("ema_length") is not None:
+        raise ConfigError(f"ema_length={cfg.ema_length} chooses the weights to sample with; the samples in "
+                          f"{cfg.samples} are drawn already: drop ema_length or samples=")
     if cfg.samples is None:
-        run = load_run(str(cfg.run), device=device, use_ema=cfg.use_ema)
+        run = load_run(str(cfg.run), device=device, use_ema=cfg.use_ema, ema_length=cfg.get("ema_length"),
+                       max_profile_error=cfg.get("max_profile_error", 0.1))
         run_config, step, info = run.config, run.step, run.data
     elif source is not None:
         run_config = OmegaConf.create(load_checkpoint(source)["config"])
@@ -160,6 +165,8 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     result = {**metrics, "step": step, "run": None if source is None else str(source), "samples": cfg.samples,
               "sampler": sampler_settings, "amp": amp, "nfe_per_image": nfe, "seed": cfg.seed,
               "use_ema": cfg.use_ema if run is not None else None,
+              "ema_length": None if run is None or run.posthoc_ema is None else run.posthoc_ema["ema_length"],
+              "posthoc_ema": None if run is None else run.posthoc_ema,
               "seconds": time.perf_counter() - started}
     if out_dir is None:
         beside = RunDir.of(str(source)) if source is not None else RunDir(Path(str(cfg.samples)).parent)

@@ -6,6 +6,7 @@ Examples::
     dae-gen-sample run=outputs/2026-11-24/12-00-00 n_samples=64
     dae-gen-sample run=outputs/my_run/checkpoints/ckpt_00002000.pt sampler.n_steps_each=20 save_npz=true
     dae-gen-sample run=outputs/my_run sampler=temperature_langevin sampler.n_steps_hot=50   # another sampler
+    dae-gen-sample run=outputs/my_run ema_length=0.1   # post-hoc EMA weights (trainer.posthoc_ema snapshots)
     dae-gen-sample run=outputs/my_run task=inpaint inpaint.mask=centre   # image tasks: see dae_gen.cli.tasks
 
 Nothing is written until every sample is drawn and finite; the folder (``out``, default
@@ -51,17 +52,20 @@ log = logging.getLogger("dae_gen.cli")
 RECORD_FILE = "sample.json"
 #: Types of the top-level keys of configs/sample.yaml.
 SAMPLE_KEYS = {"out": str | None, "n_samples": int, "batch_size": int, "seed": int, "use_ema": bool,
-               "save_npz": bool, "device": str, "task": str}
+               "save_npz": bool, "device": str, "task": str, "ema_length": float | None, "max_profile_error": float}
 
 
 def sampling_record(run: Run, settings: dict[str, Any], *, seed: int, n_samples: int, batch_size: int,
                     nfe_per_image: float | None = None, command: str | None = None) -> dict[str, Any]:
     """What a set of samples came from, enough to draw it again: run, checkpoint, step, weights, sampler, seeds;
     the precision its network calls ran at (``amp``: ``bf16`` or ``none``, after the device's fall-back; the
-    sampler's ``amp`` setting is what was asked); and what they cost (network calls per image)."""
+    sampler's ``amp`` setting is what was asked); the post-hoc EMA the weights are (``ema_length``, snapshots,
+    profile error; None: the checkpoint's own); and what they cost (network calls per image)."""
     from dae_gen import __version__
 
+    posthoc = run.posthoc_ema
     return {"run": str(run.path), "checkpoint": str(run.checkpoint), "step": run.step, "use_ema": run.use_ema,
+            "ema_length": None if posthoc is None else posthoc["ema_length"], "posthoc_ema": posthoc,
             "sampler": {k: v for k, v in settings.items() if k != "_partial_"}, "seed": seed,
             "n_samples": n_samples, "batch_size": batch_size, "seeding": "batch k uses seed + k",
             "amp": resolve_amp(settings.get("amp", "none"), run.device, warn=False),
@@ -80,7 +84,8 @@ def sample(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
         from dae_gen.cli.tasks import check_task
 
         check_task(cfg)
-    run = load_run(str(cfg.run), device=cfg.device, use_ema=cfg.use_ema)
+    run = load_run(str(cfg.run), device=cfg.device, use_ema=cfg.use_ema, ema_length=cfg.get("ema_length"),
+                   max_profile_error=cfg.get("max_profile_error", 0.1))
     sampler, settings = cli_sampler(run, cfg.get("sampler"))
     set_threads(cfg.get("threads"), device=run.device, workload=sampler_workload(
         sampler, run.model, batch=min(int(cfg.batch_size), int(cfg.n_samples))))
@@ -113,9 +118,17 @@ def sample(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
         np.savez_compressed(out_dir / "samples.npz", **payload)
         written.append(out_dir / "samples.npz")
     log.info("%d samples of %s (step %d, %s weights, %s, seed %d) written to %s: %s", cfg.n_samples,
-             run.checkpoint, run.step, "EMA" if run.use_ema else "raw", sampler_label(settings), cfg.seed, out_dir,
+             run.checkpoint, run.step, _weights_label(run), sampler_label(settings), cfg.seed, out_dir,
              ", ".join(p.name for p in written))
     return out_dir
+
+
+def _weights_label(run: Run) -> str:
+    """``EMA``, ``raw`` or ``post-hoc EMA 0.1 (profile error 0.002)``."""
+    if run.posthoc_ema is not None:
+        return (f"post-hoc EMA {run.posthoc_ema['ema_length']:g} (profile at step {run.posthoc_ema['step']}, error "
+                f"{run.posthoc_ema['profile_error']:.2g})")
+    return "EMA" if run.use_ema else "raw"
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="sample", version_base="1.3")

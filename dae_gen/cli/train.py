@@ -35,10 +35,11 @@ from dae_gen.cli.launch import CONFIG_PATH, command_line, removed_if_refused, re
 from dae_gen.cli.logs import collected_log, run_log
 from dae_gen.cli.sampling import sampler_label
 from dae_gen.errors import CheckpointError, ConfigError, DataError
+from dae_gen.posthoc_ema import SIGMA_REL_MAX, PostHocEMAHook
 from dae_gen.precision import resolve_amp
 from dae_gen.resume import LAUNCH_KEYS
 from dae_gen.run import build_sampler
-from dae_gen.run_folder import ResumePlan, RunDir
+from dae_gen.run_folder import POSTHOC_EMA_DIR, ResumePlan, RunDir
 from dae_gen.settings import check_keywords
 from dae_gen.train_hooks import HOOK_SETTINGS, Hook, default_hooks
 from dae_gen.viz import reference_points, sample_saver
@@ -93,6 +94,7 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, plan: 
     check_values(config, TRAIN_KEYS)
     check_arguments(config, skip=("sampler", "trainer"))  # the sampler: by build_sampler, naming its settings
     trainer_cfg = config["trainer"]
+    posthoc_ema_hook(trainer_cfg.get("posthoc_ema"))  # its settings, checked before anything is built
     check_trainer_node(trainer_cfg)
     phase_lrs = [f"trainer.phase_lr.{phase}" for phase in trainer_cfg.get("phase_lr") or {}]
     check_positive(config, "trainer.optimizer.lr", *phase_lrs)
@@ -152,7 +154,7 @@ def split_trainer_node(node: Mapping[str, Any]) -> tuple[dict[str, Any], dict[st
     ``_target_``), and the settings of :func:`~dae_gen.train_hooks.default_hooks` (:data:`HOOK_SETTINGS`)."""
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=True)
-    mechanics = {key: value for key, value in node.items() if key not in HOOK_SETTINGS}
+    mechanics = {key: value for key, value in node.items() if key not in HOOK_SETTINGS and key != "posthoc_ema"}
     settings = {key: value for key, value in node.items() if key in HOOK_SETTINGS}
     return mechanics, settings
 
@@ -177,15 +179,48 @@ def build_trainer(config: Mapping[str, Any], *, model, data, run_dir: Path, devi
     """The ``trainer`` node built over already-built objects: the trainer from its step-mechanics keys, and the
     hooks around its steps from its hook settings (``settings``: overrides of those, e.g. ``progress=False``),
     with ``sampler``/``save_samples`` drawing the grids and ``evaluator`` the periodic metrics."""
-    mechanics, node_settings = split_trainer_node(config["trainer"])
+    trainer_cfg = config["trainer"]
+    if isinstance(trainer_cfg, DictConfig):
+        trainer_cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
+    mechanics, node_settings = split_trainer_node(trainer_cfg)
+    posthoc = posthoc_ema_hook(trainer_cfg.get("posthoc_ema"))  # its state in the checkpoints: the trainer's hook
     with building("trainer"):
         make_trainer = instantiate(mechanics)  # a partial; the objects below must not be re-instantiated
         trainer = make_trainer(objective=model, data=data, run_dir=run_dir, seed=config["seed"], device=device,
-                               run_config=run_config)
+                               run_config=run_config, hooks=[posthoc] if posthoc is not None else [])
         hooks = default_hooks(**{**node_settings, **settings}, sampler=sampler, save_samples=save_samples,
                               evaluator=evaluator)
-    # hooks configured by further trainer keys are appended here, after the defaults
     return trainer, hooks
+
+
+def posthoc_ema_hook(settings: Mapping[str, Any] | None) -> PostHocEMAHook | None:
+    """The hook of ``trainer.posthoc_ema: {sigma_rels, snapshot_every}``; None when ``snapshot_every`` is null (off).
+    Each value is checked here, with a ConfigError naming its key."""
+    if settings is None:
+        return None
+    where = "trainer.posthoc_ema"
+    if not isinstance(settings, Mapping):
+        raise ConfigError(f"{where}: expected {{sigma_rels: [...], snapshot_every: N or null}}, got {settings!r}")
+    unknown = sorted(set(settings) - {"sigma_rels", "snapshot_every"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; expected sigma_rels and snapshot_every")
+    every = settings.get("snapshot_every")
+    if every is None:
+        return None
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"{where}.snapshot_every: expected a positive number of steps or null (off), got {every!r}")
+    lengths = settings.get("sigma_rels")
+    if (not isinstance(lengths, (list, tuple)) or not lengths
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in lengths)):
+        raise ConfigError(f"{where}.sigma_rels: expected a non-empty list of EMA lengths such as [0.05, 0.10], "
+                          f"got {lengths!r}")
+    for length in lengths:
+        if not 0 < length < SIGMA_REL_MAX:
+            raise ConfigError(f"{where}.sigma_rels: each length must be in (0, {SIGMA_REL_MAX:.4f}), got {length}; "
+                              "EDM2 keeps 0.05 and 0.10")
+    if len({float(s) for s in lengths}) != len(lengths):
+        raise ConfigError(f"{where}.sigma_rels: the lengths must differ (each is one snapshot file), got {lengths}")
+    return PostHocEMAHook(sigma_rels=[float(s) for s in lengths], snapshot_every=every, folder=POSTHOC_EMA_DIR)
 
 
 def touched_keys(requested: DictConfig) -> set[str] | None:
