@@ -103,6 +103,10 @@ class AnalyticGaussian:
         z = torch.randn(int(n), self.dim, generator=generator, dtype=torch.float64)
         return (self.mean + (z * lam.sqrt()) @ self.eigenvectors.T).reshape(int(n), *self.data_shape)
 
+    def generate(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """One-pass exact draws of the data law N(m, Σ), float32 as a generator network's (``GenerativeModel``)."""
+        return self.sample(n, generator=generator).float()
+
     def conditional(self, known: Tensor, values: Tensor, *, sigma: float = 0.0) -> tuple[Tensor, Tensor]:
         """Law of the unknown entries of p_σ given the known ones: ``(mean (U,), covariance (U, U))``.
 

@@ -13,30 +13,21 @@ import torch
 
 from conftest import REPO
 from dae_gen import benchmark as B
+from dae_gen.analytic import AnalyticGaussian
 from dae_gen.nets.mlp import ScoreMLP
 from dae_gen.noise import geometric_sigmas
-from dae_gen.objectives.base import Objective
 from dae_gen.objectives.dsm import DenoisingScoreMatching
 from dae_gen.samplers.langevin import sample_annealed_langevin
 from dae_gen.samplers.temperature import sample_generator, sample_temperature_langevin
 
 
-class _Gaussian(Objective):
+def _gaussian():
     """Data N(0, I) in 2-D: exact score −x/(1 + σ²), exact one-pass generator."""
-
-    def __init__(self):
-        super().__init__(data_shape=(2,))
-        self.register_buffer("sigma_levels", geometric_sigmas(2.0, 0.1, 4))
-
-    def score(self, x, sigma):
-        return -x / (1 + sigma.reshape(-1, 1) ** 2)
-
-    def generate(self, n, *, generator=None):
-        return torch.randn(n, 2, generator=generator)
+    return AnalyticGaussian(torch.zeros(2), std=1.0, sigmas=geometric_sigmas(2.0, 0.1, 4))
 
 
 def test_sampler_steps_stop_mid_chain_and_count_network_calls():
-    model = _Gaussian()
+    model = _gaussian()
     driver = partial(sample_annealed_langevin, n_steps_each=25, step_lr=1e-2, init="gaussian")
     timing = B.time_sampler_steps(driver, model, 16, steps=5)
     assert (timing.steps_timed, timing.chain_steps, timing.completed) == (5, 100, False)  # 4 levels × 25
@@ -46,7 +37,7 @@ def test_sampler_steps_stop_mid_chain_and_count_network_calls():
 
 
 def test_a_short_chain_is_timed_whole():
-    model = _Gaussian()
+    model = _gaussian()
     driver = partial(sample_temperature_langevin, n_steps_hot=2, n_steps_anneal=3, n_steps_cool=2)
     timing = B.time_sampler_steps(driver, model, 8, steps=50)
     assert (timing.completed, timing.chain_steps, timing.steps_timed, timing.calls_per_step) == (True, 7, 7, 1.0)
@@ -57,7 +48,7 @@ def test_a_short_chain_is_timed_whole():
 
 def test_a_sampler_that_never_reports_is_an_error():
     with pytest.raises(RuntimeError, match="callback"):
-        B.time_sampler_steps(lambda model, n, generator=None, callback=None: torch.zeros(n, 2), _Gaussian(), 4,
+        B.time_sampler_steps(lambda model, n, generator=None, callback=None: torch.zeros(n, 2), _gaussian(), 4,
                              steps=2)
 
 

@@ -13,8 +13,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from conftest import CONFIG_DIR, REPO, edm_gaussian_moments
+from dae_gen.analytic import AnalyticGaussian
 from dae_gen.noise import geometric_sigmas, karras_sigmas
-from dae_gen.objectives.base import Objective
 from dae_gen.samplers.temperature import temperature_schedule
 
 FAST = ["trainer.steps=6", "trainer.log_every=2", "trainer.ckpt_every=3", "trainer.sample_every=0",
@@ -36,20 +36,12 @@ def test_every_model_config_instantiates(compose_train, name):
     assert dict(model.phases)
 
 
-class _Gaussian(Objective):
+MEAN, S = torch.tensor([1.0, -0.5], dtype=torch.float64), 0.5
+
+
+def _gaussian():
     """Data N(m, s² I) in 2-D with its exact smoothed score −(x − m)/(s² + σ²) and an exact generator."""
-
-    def __init__(self, mean=(1.0, -0.5), s=0.5):
-        super().__init__(data_shape=(2,))
-        self.register_buffer("mean", torch.tensor(mean))
-        self.register_buffer("sigma_levels", geometric_sigmas(2.0, 0.05, 8))
-        self.s = s
-
-    def score(self, x, sigma):
-        return -(x - self.mean) / (self.s**2 + sigma.reshape(-1, 1) ** 2)
-
-    def generate(self, n, *, generator=None):
-        return self.mean + self.s * torch.randn(n, 2, generator=generator)
+    return AnalyticGaussian(MEAN, std=S, sigmas=geometric_sigmas(2.0, 0.05, 8))
 
 
 def _langevin_moments(m, s, *, start_mean, start_var, steps, final_sigma):
@@ -62,36 +54,36 @@ def _langevin_moments(m, s, *, start_mean, start_var, steps, final_sigma):
     return m + shrink * (mean - m), shrink * var**0.5
 
 
-SAMPLER_CASES = {  # config name: (overrides that keep it quick, expected moments for _Gaussian)
+SAMPLER_CASES = {  # config name: (overrides that keep it quick, expected moments for _gaussian())
     "annealed_langevin": (["sampler.n_steps_each=50", "sampler.step_lr=1e-3", "sampler.init=gaussian"],
                           lambda cfg, model: _langevin_moments(
-                              model.mean, model.s, start_mean=0.0, start_var=float(model.sigmas[0]) ** 2,
+                              MEAN, S, start_mean=0.0, start_var=float(model.sigmas[0]) ** 2,
                               final_sigma=float(model.sigmas[-1]),
-                              steps=[(0.5 * a / (model.s**2 + sig**2), a)
+                              steps=[(0.5 * a / (S**2 + sig**2), a)
                                      for sig in model.sigmas.tolist()
                                      for a in [cfg.step_lr * sig**2 / model.sigmas[-1].item() ** 2]
                                      for _ in range(cfg.n_steps_each)])),
     "temperature_langevin": (["sampler.n_steps_hot=50", "sampler.n_steps_anneal=200", "sampler.n_steps_cool=50",
                               "sampler.step_size=0.2"],
                              lambda cfg, model: _langevin_moments(
-                                 model.mean, model.s, start_mean=cfg.init_mean, start_var=cfg.init_std**2,
+                                 MEAN, S, start_mean=cfg.init_mean, start_var=cfg.init_std**2,
                                  final_sigma=model.reference_sigma,
-                                 steps=[(0.5 * cfg.step_size**2 / (model.s**2 + model.reference_sigma**2),
+                                 steps=[(0.5 * cfg.step_size**2 / (S**2 + model.reference_sigma**2),
                                          t * cfg.step_size**2)
                                         for t in temperature_schedule(n_steps_hot=cfg.n_steps_hot,
                                                                       temp_hot=cfg.temp_hot,
                                                                       n_steps_anneal=cfg.n_steps_anneal,
                                                                       n_steps_cool=cfg.n_steps_cool).tolist()])),
-    "generator": ([], lambda cfg, model: (model.mean, torch.full((2,), model.s))),
+    "generator": ([], lambda cfg, model: (MEAN, torch.full((2,), S))),
     "heun": (["sampler.n_steps=12"], lambda cfg, model: _edm_moments(cfg, model)),
     "edm_stochastic": (["sampler.n_steps=24", "sampler.s_tmax=1.0"], lambda cfg, model: _edm_moments(cfg, model)),
     # the predictor alone: linear-Gaussian steps x ← x + v·s + √v·z (the corrector is tested in 784-D in
     # test_diffusion_samplers.py: its per-example step is heavy-tailed in 2-D); the last step is Tweedie's
     "pc": (["sampler.n_corrector_steps=0"],
            lambda cfg, model: _langevin_moments(
-               model.mean, model.s, start_mean=0.0, start_var=float(model.sigmas[0]) ** 2,
+               MEAN, S, start_mean=0.0, start_var=float(model.sigmas[0]) ** 2,
                final_sigma=float(model.sigmas[-1]),
-               steps=[(v / (model.s**2 + sig**2), v)
+               steps=[(v / (S**2 + sig**2), v)
                       for sig, nxt in zip(model.sigmas.tolist(), model.sigmas.tolist()[1:])
                       for v in [sig**2 - nxt**2]])),
     # the exact flow scales deviations by √((s² + σ_min²)/(s² + σ_max²)), then Tweedie by s²/(s² + σ_min²)
@@ -102,29 +94,29 @@ SAMPLER_CASES = {  # config name: (overrides that keep it quick, expected moment
 
 
 def _edm_moments(cfg, model):
-    """Exact moments of EDM's samplers on _Gaussian from N(0, σ_max² I) (the model's σ_1, σ_L by default)."""
+    """Exact moments of EDM's samplers on _gaussian() from N(0, σ_max² I) (the model's σ_1, σ_L by default)."""
     sigma_max, sigma_min = float(model.sigmas[0]), float(model.sigmas[-1])
-    gain, var = edm_gaussian_moments(karras_sigmas(cfg.n_steps, sigma_min, sigma_max, cfg.rho).tolist(), s=model.s,
+    gain, var = edm_gaussian_moments(karras_sigmas(cfg.n_steps, sigma_min, sigma_max, cfg.rho).tolist(), s=S,
                                      start_var=sigma_max**2, **{k: cfg[k] for k in cfg if k.startswith("s_")})
-    return model.mean * (1 - gain), var**0.5
+    return MEAN * (1 - gain), var**0.5
 
 
 def _ode_moments(model):
     """The exact probability flow from N(0, σ_max² I) to σ_min, then Tweedie's step."""
-    sigma_max, sigma_min, s = float(model.sigmas[0]), float(model.sigmas[-1]), model.s
+    sigma_max, sigma_min, s = float(model.sigmas[0]), float(model.sigmas[-1]), S
     gain = ((s**2 + sigma_min**2) / (s**2 + sigma_max**2)) ** 0.5 * s**2 / (s**2 + sigma_min**2)
-    return model.mean * (1 - gain), gain * sigma_max
+    return MEAN * (1 - gain), gain * sigma_max
 
 
 def _dpm_solver_2m_moments(cfg, model):
-    """DPM-Solver++(2M) on _Gaussian is linear in y = x − m: D − m = c·y with c = s²/(s² + σ²); a step to σ' > 0
+    """DPM-Solver++(2M) on _gaussian() is linear in y = x − m: D − m = c·y with c = s²/(s² + σ²); a step to σ' > 0
     is y' = (σ'/σ)·y + (1 − σ'/σ)·((1 + k)·c_i·y_i − k·c_{i−1}·y_{i−1}), k = h_i/(2h_{i−1}) (k = 0 first), the
     step to 0 is y' = c·y. Tracked as gains of y_0, from N(0, σ_max² I): y_0 has mean −m, std σ_max."""
     sigma_max, sigma_min = float(model.sigmas[0]), float(model.sigmas[-1])
     levels = karras_sigmas(cfg.n_steps, sigma_min, sigma_max, cfg.rho).tolist()
     gain, previous, h_previous = 1.0, None, None
     for sigma, sigma_next in zip(levels[:-1], levels[1:]):
-        c = model.s**2 / (model.s**2 + sigma**2)
+        c = S**2 / (S**2 + sigma**2)
         if sigma_next == 0:
             gain = c * gain
             continue
@@ -133,11 +125,11 @@ def _dpm_solver_2m_moments(cfg, model):
         estimate = (1 + k) * c * gain - (k * previous if previous is not None else 0.0)
         previous, h_previous = c * gain, h
         gain = sigma_next / sigma * gain + (1 - sigma_next / sigma) * estimate
-    return model.mean * (1 - gain), abs(gain) * sigma_max
+    return MEAN * (1 - gain), abs(gain) * sigma_max
 
 
 def _euler_ancestral_moments(cfg, model):
-    """Euler ancestral on _Gaussian: y' = a·y + s_noise·σ_up·ξ with a = 1 + (σ_down − σ)·σ/(s² + σ²)."""
+    """Euler ancestral on _gaussian(): y' = a·y + s_noise·σ_up·ξ with a = 1 + (σ_down − σ)·σ/(s² + σ²)."""
     sigma_max, sigma_min = float(model.sigmas[0]), float(model.sigmas[-1])
     levels = karras_sigmas(cfg.n_steps, sigma_min, sigma_max, cfg.rho).tolist()
     gain, var = 1.0, sigma_max**2
@@ -145,9 +137,9 @@ def _euler_ancestral_moments(cfg, model):
         up = 0.0 if sigma_next == 0 else min(sigma_next, cfg.eta * sigma_next * (sigma**2 - sigma_next**2) ** 0.5
                                              / sigma)
         down = (sigma_next**2 - up**2) ** 0.5
-        a = 1 + (down - sigma) * sigma / (model.s**2 + sigma**2)
+        a = 1 + (down - sigma) * sigma / (S**2 + sigma**2)
         gain, var = a * gain, a**2 * var + (cfg.s_noise * up) ** 2
-    return model.mean * (1 - gain), var**0.5
+    return MEAN * (1 - gain), var**0.5
 
 
 def test_every_sampler_config_has_a_ground_truth_case():
@@ -158,7 +150,7 @@ def test_every_sampler_config_has_a_ground_truth_case():
 def test_every_sampler_config_reproduces_the_exact_moments_of_a_gaussian(compose_train, name):
     overrides, expected = SAMPLER_CASES[name]
     cfg = compose_train(f"sampler={name}", *overrides)
-    model, n = _Gaussian(), 4000
+    model, n = _gaussian(), 4000
     x = instantiate(cfg.sampler)(model, n, generator=torch.Generator().manual_seed(0))
     mean, std = expected(cfg.sampler, model)
     mean, std = torch.as_tensor(mean, dtype=x.dtype).expand(2), torch.as_tensor(std, dtype=x.dtype).expand(2)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import edm_gaussian_moments
+from dae_gen.analytic import AnalyticGaussian
 from dae_gen.density import GaussianMixture
 from dae_gen.errors import ConfigError
 from dae_gen.noise import geometric_sigmas, karras_sigmas
-from dae_gen.objectives.base import Objective
 from dae_gen.samplers import (
     CountingModel,
     draw_samples,
@@ -33,9 +33,8 @@ MEAN, STD = torch.tensor([1.0, -0.5], dtype=torch.float64), 0.5
 MIXTURE = GaussianMixture(torch.tensor([[-3.0, 0.0], [3.0, 1.0], [0.0, -3.5]]), [0.4] * 3, [0.5, 0.3, 0.2])
 
 
-def gaussian_score(x, sigma):
-    """∇log p_σ for N(MEAN, STD² I) data: −(x − m)/(s² + σ²)."""
-    return -(x - MEAN.to(x.dtype)) / (STD**2 + sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2)
+GAUSSIAN = AnalyticGaussian(MEAN, std=STD)  # exact ∇log p_σ = −(x − m)/(s² + σ²)
+gaussian_score = GAUSSIAN.score
 
 
 def mixture_score(x, sigma):
@@ -144,8 +143,7 @@ def test_predictor_corrector_transports_a_gaussian_in_high_dimension():
     dim = 784
     mean = torch.linspace(-1, 1, dim)
 
-    def score(x, sigma):
-        return -(x - mean) / (STD**2 + sigma[:, None] ** 2)
+    score = AnalyticGaussian(mean, std=STD).score
 
     gen = torch.Generator().manual_seed(0)
     x0 = 50.0 * torch.randn(500, dim, generator=gen)
@@ -188,18 +186,9 @@ def test_ode_transports_the_prior_to_a_mixture():
 
 
 # -- drivers on models, network-call counts, one-level models -------------------------------------------------
-class GaussianModel(Objective):
+def gaussian_model(levels):
     """A score model of N(MEAN, STD² I) data with ``levels`` as its schedule (no network)."""
-
-    def __init__(self, levels):
-        super().__init__(data_shape=(2,))
-        self.register_buffer("sigma_levels", torch.as_tensor(levels, dtype=torch.float32))
-
-    def score(self, x, sigma):
-        return gaussian_score(x, sigma).to(x.dtype)
-
-    def generate(self, n, *, generator=None):
-        return (MEAN + STD * torch.randn(n, 2, generator=generator, dtype=torch.float64)).float()
+    return AnalyticGaussian(MEAN, std=STD, sigmas=levels)
 
 
 NFE_CASES = {  # driver, settings, exact network calls per image
@@ -217,7 +206,7 @@ NFE_CASES = {  # driver, settings, exact network calls per image
 @pytest.mark.parametrize("name", sorted(NFE_CASES))
 def test_network_calls_per_image_are_exact(name):
     driver, settings, expected = NFE_CASES[name]
-    model = CountingModel(GaussianModel(geometric_sigmas(4.0, 0.05, 8).tolist()))
+    model = CountingModel(gaussian_model(geometric_sigmas(4.0, 0.05, 8).tolist()))
     if name.startswith("pc"):
         settings = {**settings, "corrector_norm": "batch"}
     x = draw_samples(model, lambda m, n, **kw: driver(m, n, **settings, **kw), 10, batch_size=4)
@@ -226,7 +215,7 @@ def test_network_calls_per_image_are_exact(name):
 
 
 def test_ode_reports_its_network_calls_through_the_callback_and_the_counter():
-    model = CountingModel(GaussianModel(geometric_sigmas(4.0, 0.05, 8).tolist()))
+    model = CountingModel(gaussian_model(geometric_sigmas(4.0, 0.05, 8).tolist()))
     reported = []
     sample_probability_flow_ode(model, 16, rtol=1e-4, atol=1e-4,
                                 callback=lambda step: reported.append(int(step.extras["nfe"])))
@@ -237,7 +226,7 @@ def test_one_level_models_heun_and_ode_refuse_pc_and_stochastic_run_at_that_sigm
     """A DDE-like model knows p_σ₀ only: no σ range to integrate (a clear error); PC is Langevin at σ₀ then
     Tweedie, which for N(m, s²) data gives std s²/√(s² + σ₀²)."""
     sigma0 = 0.3
-    model = GaussianModel([sigma0])
+    model = gaussian_model([sigma0])
     for driver in (sample_heun, sample_probability_flow_ode):
         with pytest.raises(ConfigError, match="one noise level"):
             driver(model, 4)

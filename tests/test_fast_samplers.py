@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
+from dae_gen.analytic import AnalyticGaussian
 from dae_gen.errors import ConfigError
 from dae_gen.noise import geometric_sigmas, karras_sigmas
-from dae_gen.objectives.base import Objective
 from dae_gen.samplers import CountingModel, draw_samples
 from dae_gen.samplers.fast import (
     ancestral_step,
@@ -25,9 +25,8 @@ from dae_gen.score import Step
 MEAN, STD = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64), 0.5
 
 
-def gaussian_score(x, sigma, mean=MEAN):
-    """∇log p_σ for N(m, s² I) data: −(x − m)/(s² + σ²)."""
-    return -(x - mean.to(x.dtype)) / (STD**2 + sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2)
+GAUSSIAN = AnalyticGaussian(MEAN, std=STD)  # exact ∇log p_σ = −(x − m)/(s² + σ²)
+gaussian_score = GAUSSIAN.score
 
 
 def exact_flow(x, sigma, sigma_next):
@@ -134,36 +133,30 @@ def test_euler_ancestral_variance_deficit_is_first_order_in_the_step():
     assert all(d > 0 for d in deficits) and all(1.8 < r < 2.4 for r in ratios), (deficits, ratios)
 
 
-class GaussianModel(Objective):
+def gaussian_model(levels):
     """A score model of N(MEAN, STD² I) data with ``levels`` as its schedule (no network)."""
-
-    def __init__(self, levels):
-        super().__init__(data_shape=(3,))
-        self.register_buffer("sigma_levels", torch.as_tensor(levels, dtype=torch.float32))
-
-    def score(self, x, sigma, **cond):
-        return gaussian_score(x, sigma).to(x.dtype)
+    return AnalyticGaussian(MEAN, std=STD, sigmas=levels)
 
 
 @pytest.mark.parametrize("driver", [sample_dpm_solver_2m, sample_euler_ancestral])
 @pytest.mark.parametrize("n_steps", [1, 7, 20])
 def test_network_calls_per_image_equal_the_steps(driver, n_steps):
-    model = CountingModel(GaussianModel(geometric_sigmas(20.0, 0.01, 8).tolist()))
+    model = CountingModel(gaussian_model(geometric_sigmas(20.0, 0.01, 8).tolist()))
     x = draw_samples(model, lambda m, n, **kw: driver(m, n, n_steps=n_steps, **kw), 10, batch_size=4)
     assert x.shape == (10, 3) and torch.isfinite(x).all()
     assert model.nfe_per_image(10) == n_steps
 
 
-class LabelledGaussian(GaussianModel):
+class LabelledGaussian(AnalyticGaussian):
     """Class-conditional data: label k is N(m + k, s² I); the score refuses to run without ``class_labels``."""
 
     def __init__(self, levels):
-        super().__init__(levels)
+        super().__init__(MEAN, std=STD, sigmas=levels)
         self.seen = []
 
     def score(self, x, sigma, *, class_labels):
         self.seen.append(class_labels)
-        return gaussian_score(x, sigma, mean=MEAN + class_labels.to(x.dtype)[:, None])
+        return super().score(x - class_labels.to(x.dtype)[:, None], sigma)  # N(m + k, s²I) is N(m, s²I) shifted
 
 
 @pytest.mark.parametrize("driver", [sample_dpm_solver_2m, sample_euler_ancestral])
@@ -181,7 +174,7 @@ def test_conditioning_reaches_every_score_call_untouched(driver):
 
 @pytest.mark.parametrize("driver", [sample_dpm_solver_2m, sample_euler_ancestral])
 def test_callback_receives_one_step_record_per_step(driver):
-    model = GaussianModel(geometric_sigmas(20.0, 0.01, 8).tolist())
+    model = gaussian_model(geometric_sigmas(20.0, 0.01, 8).tolist())
     steps = []
     out = driver(model, 5, n_steps=6, callback=steps.append, generator=torch.Generator().manual_seed(0))
     expected = karras_sigmas(6, 0.01, 20.0).tolist()[1:]
@@ -195,7 +188,7 @@ def test_callback_receives_one_step_record_per_step(driver):
 @pytest.mark.parametrize("driver", [sample_dpm_solver_2m, sample_euler_ancestral])
 def test_a_one_level_model_has_no_range_to_integrate(driver):
     with pytest.raises(ConfigError, match="one noise level"):
-        driver(GaussianModel([0.5]), 4, n_steps=5)
+        driver(gaussian_model([0.5]), 4, n_steps=5)
 
 
 def test_bad_levels_and_settings_are_refused():

@@ -9,6 +9,7 @@ from functools import partial
 import pytest
 import torch
 
+from dae_gen.analytic import AnalyticGaussian
 from dae_gen.data.toy import mixture as toy_mixture
 from dae_gen.density import MixtureScoreModel
 from dae_gen.guidance import Guided
@@ -26,6 +27,7 @@ class GaussianClasses(torch.nn.Module):
     def __init__(self, means: torch.Tensor, covs: torch.Tensor, *, sigmas: torch.Tensor):
         super().__init__()
         self.means, self.covs = means.double(), covs.double()  # (K + 1, D), (K + 1, D, D)
+        self.classes = [AnalyticGaussian(m, c, sigmas=sigmas) for m, c in zip(self.means, self.covs)]
         self.n_classes = means.shape[0] - 1
         self.data_shape = (means.shape[1],)
         self.sigmas = sigmas
@@ -36,11 +38,12 @@ class GaussianClasses(torch.nn.Module):
 
     def score(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         labels = torch.full((x.shape[0],), self.n_classes) if class_labels is None else class_labels
-        eye = torch.eye(self.data_shape[0], dtype=torch.float64)
-        sig2 = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0]).pow(2)
-        cov = self.covs[labels] + sig2[:, None, None] * eye  # (B, D, D)
-        diff = (x.double() - self.means[labels])[..., None]
-        return -torch.linalg.solve(cov, diff)[..., 0].to(x.dtype)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+        out = torch.empty_like(x)
+        for label in labels.unique().tolist():  # each example scored by its own class's exact Gaussian
+            rows = labels == label
+            out[rows] = self.classes[label].score(x[rows], sigma[rows])
+        return out
 
 
 def two_classes_and_a_marginal(sigmas: torch.Tensor) -> GaussianClasses:

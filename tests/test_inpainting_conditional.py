@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dae_gen.analytic import AnalyticGaussian
 from dae_gen.errors import ConfigError
 from dae_gen.noise import geometric_sigmas, karras_sigmas
 from dae_gen.samplers.inpainting import (
@@ -38,11 +39,12 @@ def problem():
 MU, SIGMA, MASK, Y, C_MEAN, C_COV = problem()
 
 
+GAUSSIAN = AnalyticGaussian(MU, SIGMA, sigmas=[20.0, 0.002])  # exact score −(Σ + σ²I)⁻¹(x − μ)
+
+
 def score(x, sigma, shift=None):
-    """The exact score of N(μ + shift, Σ) smoothed at σ (every call here has one σ per batch)."""
-    mean = MU if shift is None else MU + shift
-    s = float(sigma[0])
-    return -torch.linalg.solve(SIGMA + s**2 * torch.eye(6, dtype=x.dtype), (x - mean).T).T
+    """The exact score of N(μ + shift, Σ) smoothed at σ: the Gaussian's, read at x − shift."""
+    return GAUSSIAN.score(x if shift is None else x - shift, sigma)
 
 
 def errors(x, c_mean=C_MEAN):
@@ -136,11 +138,9 @@ def test_unknown_sampler_and_bad_arguments_are_errors():
 @pytest.mark.parametrize("sampler, settings", [("heun", {"n_steps": 18}),
                                                ("pc", {"n_steps": 100, "corrector_norm": "batch"})])
 def test_the_inpaint_task_samples_the_conditional_law_with_the_samplers_own_settings(sampler, settings):
-    from dae_gen.analytic import AnalyticGaussian
     from dae_gen.samplers.tasks import inpaint
 
-    model = AnalyticGaussian(MU, SIGMA, sigmas=[20.0, 0.002])
-    fills = inpaint(model, Y[None], MASK, n_per_image=N_CHAINS // 2, sampler=sampler,
+    fills = inpaint(GAUSSIAN, Y[None], MASK, n_per_image=N_CHAINS // 2, sampler=sampler,
                     generator=torch.Generator().manual_seed(3), **settings)[0]  # (K, 6), the defaults' resample
     assert torch.equal(fills[:, MASK], Y[MASK].expand(N_CHAINS // 2, 3))
     mean_error, cov_error = errors(fills)
@@ -148,8 +148,7 @@ def test_the_inpaint_task_samples_the_conditional_law_with_the_samplers_own_sett
 
 
 def test_the_inpaint_task_refuses_the_adaptive_ode_in_one_line():
-    from dae_gen.analytic import AnalyticGaussian
     from dae_gen.samplers.tasks import inpaint
 
     with pytest.raises(ConfigError, match="sampler=ode cannot inpaint.*heun"):
-        inpaint(AnalyticGaussian(MU, SIGMA, sigmas=[20.0, 0.002]), Y[None], MASK, sampler="ode")
+        inpaint(GAUSSIAN, Y[None], MASK, sampler="ode")

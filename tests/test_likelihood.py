@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from dae_gen.analytic import AnalyticGaussian
 from dae_gen.density import GaussianMixture, MixtureScoreModel, grid_log_density, grid_points
 from dae_gen.likelihood import (
     dequantization_offset,
@@ -25,9 +26,7 @@ def gaussian(dim: int = 3, seed: int = 0):
     a = torch.randn(dim, dim, generator=g, dtype=torch.float64)
     cov = a @ a.T / dim + 0.2 * torch.eye(dim, dtype=torch.float64)
 
-    def score(x, sigma):
-        precision = torch.linalg.inv(cov + sigma.reshape(-1, 1, 1) ** 2 * torch.eye(dim, dtype=x.dtype))  # (B, D, D)
-        return -torch.einsum("bij,bj->bi", precision, x - mean)
+    score = AnalyticGaussian(mean, cov).score
 
     def log_prob(x, sigma):
         law = torch.distributions.MultivariateNormal(mean, cov + sigma**2 * torch.eye(dim, dtype=torch.float64))
@@ -99,15 +98,7 @@ def test_bits_per_dim_of_a_known_discrete_distribution(data_range):
 def test_model_bits_per_dim_of_a_gaussian_with_the_ode():
     """ODE bits/dim of dequantised pixels under an exact Gaussian score = the closed form averaged over the same u."""
     mixture = GaussianMixture([[0.4, 0.6, 0.5, 0.3]], [0.15], [1.0])
-    flat = MixtureScoreModel(mixture, sigmas=[1e4, 0.01])
-
-    class ImageScore(torch.nn.Module):  # the mixture's score on (B, 1, 2, 2) images
-        sigmas = flat.sigmas
-
-        def score(self, x, sigma):
-            return flat.score(x.reshape(x.shape[0], -1), sigma).reshape(x.shape)
-
-    model = ImageScore()
+    model = AnalyticGaussian(mixture.means[0], std=0.15, data_shape=(1, 2, 2), sigmas=[1e4, 0.01])  # on images
     images = (torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8)
     result = model_bits_per_dim(model, images, data_range=(0.0, 1.0), divergence="exact", rtol=1e-7, atol=1e-7)
     y = (images.double() + torch.rand(images.shape, generator=torch.Generator().manual_seed(0))) / 256
