@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from dae_gen.score import Callback, DensityModel, EnergyModel, input_gradient
+from dae_gen.score import Callback, DensityModel, EnergyModel, Step, input_gradient
 
 LogDensity = Callable[[Tensor], Tensor]
 SCHEDULES = ("sigmoid", "geometric", "linear")
@@ -210,8 +210,8 @@ def annealed_importance_log_z(log_f: LogDensity, *, dim_shape: Sequence[int], n_
     schedule:           ``"sigmoid"``, ``"geometric"`` or ``"linear"`` β spacing (see ``ais_betas``).
     device, dtype:      where and in which precision the chains run (log weights are always float64).
     generator:          the only source of randomness; it must live on ``device``.
-    callback:           called after each temperature with ``{"i", "n", "beta", "x", "log_weights",
-                        "acceptance", "step_size"}``.
+    callback:           called after each temperature with a ``dae_gen.score.Step`` (``i``, ``n``, ``x``; its
+                        ``extras``: ``beta``, ``log_weights``, ``acceptance``, ``step_size``).
     """
     if int(n_chains) < 1:
         raise ValueError(f"n_chains must be at least 1, got {n_chains}")
@@ -248,8 +248,10 @@ def annealed_importance_log_z(log_f: LogDensity, *, dim_shape: Sequence[int], n_
         acceptance.append(rate)
         step_sizes.append(step_size)
         if callback is not None:
-            callback({"i": t, "n": len(betas) - 1, "beta": beta, "x": state.x[:n_counted],
-                      "log_weights": log_w[:n_counted], "acceptance": rate, "step_size": step_size})
+            callback(Step(i=t, n=len(betas) - 1, x=state.x[:n_counted], extras={
+                "beta": torch.tensor(beta, dtype=torch.float64), "log_weights": log_w[:n_counted],
+                "acceptance": torch.tensor(rate, dtype=torch.float64),
+                "step_size": torch.tensor(step_size, dtype=torch.float64)}))
         if n_tuning and live[n_counted:].any():
             step_size *= math.exp(_live_mean(accepted[n_counted:], live[n_counted:]) - target_acceptance)
     log_w = log_w[:n_counted]

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from dae_gen.precision import autocast
-from dae_gen.score import model_device
+from dae_gen.score import Step, protocol_device
 
 
 def synchronize(device: torch.device) -> None:
@@ -93,7 +93,7 @@ class SamplerSteps:
     cpu_step_s:      process CPU seconds per step over the same stretch (all threads; on a shared machine the
                      less noisy figure for comparing settings that use the same number of threads).
     steps_timed:     sampler steps the figure is based on.
-    chain_steps:     steps of the whole chain (the callback's ``n``).
+    chain_steps:     steps of the whole chain (the steps' ``n``; the steps reported where ``n`` is None).
     calls_per_step:  network evaluations (``score`` / ``generate`` calls) per step, counted.
     completed:       the chain ran to its end, so ``chain_s`` is measured rather than extrapolated.
     chain_s:         seconds for the whole chain at this batch.
@@ -135,22 +135,26 @@ def time_sampler_steps(driver: Callable[..., torch.Tensor], model, batch: int, *
     """Run ``driver(model, batch, generator=, callback=)`` and stop it after ``steps`` steps (or at its end).
 
     The chain's cost is ``step_s × chain_steps`` when it was stopped (the initial state and a final
-    denoising call are left out), and the measured duration of the call when it completed.
+    denoising call are left out), and the measured duration of the call when it completed. A chain whose
+    length is unknown in advance (``Step.n is None``: an adaptive ODE solver) always runs to its end;
+    its ``chain_steps`` is the number of steps it reported.
     """
-    device = model_device(model)
+    device = protocol_device(model)
     stamps: list[float] = []
     cpu_stamps: list[float] = []
     calls: list[int] = []  # network calls made by each stamp
     total = {"n": 0}
 
-    def callback(info: dict) -> None:
-        i, total["n"] = int(info["i"]), int(info["n"])
+    def callback(step: Step) -> None:
+        # n is None where the chain's length is not known in advance (an adaptive ODE solver): it runs to its end
+        i, known = int(step.i), step.n is not None
+        total["n"] = int(step.n) if known else i
         if i == 1 or i >= steps or i == total["n"]:
             synchronize(device)
         stamps.append(time.perf_counter())
         cpu_stamps.append(time.process_time())
         calls.append(counter.count)
-        if i >= steps and i < total["n"]:
+        if known and steps <= i < total["n"]:
             raise _StopSampling
 
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -166,7 +170,7 @@ def time_sampler_steps(driver: Callable[..., torch.Tensor], model, batch: int, *
         end = time.perf_counter()
     if not stamps:
         raise RuntimeError(f"the sampler {getattr(driver, '__name__', driver)!r} never called its callback; a "
-                           "sampler driver must call callback once per step with 'i' and 'n'")
+                           "sampler driver must call callback once per step with a dae_gen.score.Step")
     n_stamps = len(stamps)
     if n_stamps > 1:  # between the first and the last step: no initial state, no final denoising call
         step_s = (stamps[-1] - stamps[0]) / (n_stamps - 1)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from dae_gen.errors import ConfigError
-from dae_gen.score import model_device
+from dae_gen.score import protocol_device
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +149,11 @@ class AutocastModel:
         self.model, self.amp = model, check_amp(amp)
 
     def _device(self) -> torch.device:
-        return model_device(self.model) if hasattr(self.model, "parameters") else torch.device("cpu")
+        return protocol_device(self.model)
 
-    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def score(self, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
         with autocast(self.amp, x.device):
-            out = self.model.score(x, sigma)
+            out = self.model.score(x, sigma, **cond)
         return out.to(x.dtype)
 
     def __getattr__(self, name: str) -> Any:
@@ -172,7 +172,7 @@ class AutocastModel:
 def sampling_model(model: Any, amp: str) -> Any:
     """``model`` for a sampler at the requested precision: wrapped in :class:`AutocastModel` when bf16 runs on its
     device (see :func:`resolve_amp`), else the model itself."""
-    device = model_device(model) if hasattr(model, "parameters") else torch.device("cpu")
+    device = protocol_device(model)
     return AutocastModel(model, amp="bf16") if resolve_amp(amp, device) == "bf16" else model
 
 

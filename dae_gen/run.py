@@ -110,9 +110,9 @@ class Run:
 
     @property
     def device(self) -> torch.device:
-        from dae_gen.score import model_device
+        from dae_gen.score import protocol_device
 
-        return model_device(self.model)
+        return protocol_device(self.model)
 
     def checkpoints(self) -> list[Path]:
         """The run's step checkpoints, oldest first, then ``best.pt`` if there is one."""

@@ -1,7 +1,8 @@
 """The score protocol (DESIGN.md §2): the one seam between trained models and samplers.
 
-A score model is anything with ``score(x, sigma) -> ∇_x log p_σ(x)`` (shape of ``x``; ``x`` is ``(B, ...)``,
-``sigma`` a tensor ``(B,)``), its descending noise levels ``sigmas``, the shape of one example ``data_shape``,
+A score model is anything with ``score(x, sigma, **cond) -> ∇_x log p_σ(x | cond)`` (shape of ``x``; ``x`` is
+``(B, ...)``, ``sigma`` a tensor ``(B,)``, ``cond`` keyword tensors such as ``class_labels`` that samplers pass
+through untouched), its descending noise levels ``sigmas``, the shape of one example ``data_shape``,
 and ``reference_sigma``: the noise level at which its score is closest to the data's own (σ₀ for the annealed-DSM
 energy, the trained σ for a DDE, σ_L for NCSN and DAE models). Samplers and metrics depend on this module only,
 never on each other or on a particular method; an analytic score (a Gaussian, a mixture) that satisfies the
@@ -10,6 +11,10 @@ protocol runs through every sampler.
 Optional parts, each its own protocol so that code asks ``isinstance(model, EnergyModel)`` rather than probing
 attributes: ``generate`` (one-pass samples), ``energy`` (a scalar energy), ``log_density`` (an unnormalised
 log-density).
+
+Conventions every sampler keeps: it reports each step to its callback as a :class:`Step`; it passes its ``cond``
+to each score call as given; its arithmetic follows ``x``'s device, and a driver that creates the initial state
+puts it on :func:`protocol_device` of the model.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-#: ``score(x, sigma)``: ``(B, ...)``, ``(B,)`` → ``(B, ...)``.
-Score = Callable[[Tensor, Tensor], Tensor]
+#: ``score(x, sigma, **cond)``: ``(B, ...)``, ``(B,)`` → ``(B, ...)``.
+Score = Callable[..., Tensor]
 #: Conditioning passed through untouched to ``score(x, sigma, **cond)``: keyword tensors with a leading batch
 #: dimension, e.g. ``{"class_labels": labels}`` (k-diffusion's ``extra_args``).
 Cond = Mapping[str, Tensor]
@@ -70,8 +75,8 @@ class ScoreModel(Protocol):
     def reference_sigma(self) -> float:
         """The σ at which ``score`` is read as the data's score (energy: σ₀; DDE: its σ; NCSN/DAE: σ_L)."""
 
-    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """``∇_x log p_σ(x)``, the shape of ``x``."""
+    def score(self, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
+        """``∇_x log p_σ(x | cond)``, the shape of ``x``; ``cond``: the conditioning keywords the model knows."""
 
 
 @runtime_checkable
@@ -145,13 +150,27 @@ def input_gradient(scalar_fn: Callable[[Tensor], Tensor], x: Tensor, *, create_g
     return value, grad
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of a model's first parameter (or buffer); CPU for a model with neither."""
-    tensor = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
+def protocol_device(model: object) -> torch.device:
+    """Where a driver creates a chain's initial state for ``model``: its ``device`` attribute, else the device of
+    its first parameter (or buffer), else the CPU. Everything after the initial state follows ``x``'s device.
+
+    Any object with the score protocol qualifies: an analytic score with neither attribute samples on the CPU.
+    """
+    device = getattr(model, "device", None)
+    if isinstance(device, (torch.device, str)):
+        return torch.device(device)
+    for name in ("parameters", "buffers"):
+        tensors = getattr(model, name, None)
+        tensor = next(iter(tensors()), None) if callable(tensors) else None
+        if tensor is not None:
+            return tensor.device
+    return torch.device("cpu")
+
+
+#: The former name of :func:`protocol_device`.
+model_device = protocol_device
 
 
 __all__ = ["Callback", "DensityModel", "EnergyModel", "GenerativeModel", "Score", "ScoreModel",
-           "differentiable_input_gradients", "expand_sigma", "input_gradient", "model_device", "sigma_batch"]
+           "differentiable_input_gradients", "expand_sigma", "input_gradient", "model_device", "protocol_device",
+           "sigma_batch"]

@@ -308,9 +308,13 @@ class Trainer:
         """One optimiser update of phase ``name`` on a fresh batch; returns its logs and whether it was applied."""
         params = self.phase_params[name]
         self.objective.zero_grad(set_to_none=True)
-        x = self.data.batch(self.batch_size, generator=self.data_generator)
+        cond = {}
+        if "class_labels" in getattr(self.objective, "conditioning", ()):  # a class-conditional model: labelled batches
+            x, cond["class_labels"] = self.data.batch(self.batch_size, generator=self.data_generator, labels=True)
+        else:
+            x = self.data.batch(self.batch_size, generator=self.data_generator)
         with autocast(self.amp, self.device):
-            losses = self.parallel[name](name, x)
+            losses = self.parallel[name](name, x, **cond)
         if losses.ndim != 1 or losses.shape[0] != x.shape[0]:
             raise RuntimeError(f"{type(self.objective).__name__}.losses({name!r}) must return per-example losses of "
                                f"shape ({x.shape[0]},), got {tuple(losses.shape)}")

@@ -169,8 +169,8 @@ def test_runs_are_reproducible_and_report_progress():
                                       callback=seen.append, **kwargs)
     again = annealed_importance_log_z(lambda x: -energy(x), generator=torch.Generator().manual_seed(6), **kwargs)
     torch.testing.assert_close(first.log_weights, again.log_weights, rtol=0, atol=0)
-    assert [info["i"] for info in seen] == list(range(1, 21)) and seen[-1]["beta"] == 1.0
-    assert seen[-1]["x"].shape == (16, 2) and seen[-1]["log_weights"].shape == (16,)
+    assert [step.i for step in seen] == list(range(1, 21)) and seen[-1].extras["beta"] == 1.0
+    assert seen[-1].x.shape == (16, 2) and seen[-1].extras["log_weights"].shape == (16,)
     fixed = annealed_importance_log_z(lambda x: -energy(x), generator=torch.Generator().manual_seed(6),
                                       step_size=0.3, target_acceptance=None, **kwargs)
     torch.testing.assert_close(fixed.step_sizes, torch.full((20,), 0.3, dtype=torch.float64))

@@ -92,7 +92,7 @@ def test_human_seconds():
         ["12.3 ms", "12.3 s", "1.5 min", "2 h", "3 d"]
 
 
-def _bench(tmp_path, *args: str) -> dict:
+def _bench(tmp_path, *args: str, projected: bool = True) -> dict:
     """``dae-gen-bench ARGS`` in a fresh working directory (no data/fake there: CIFAR-10 must fall back)."""
     out = tmp_path / "bench.json"
     cmd = [os.path.join(os.path.dirname(sys.executable), "dae-gen-bench"), *args, f"bench.out={out}",
@@ -100,12 +100,14 @@ def _bench(tmp_path, *args: str) -> dict:
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "projected full run" in done.stdout and f"record: {out}" in done.stdout
+    assert ("projected full run" in done.stdout) == projected and f"record: {out}" in done.stdout
     return json.loads(out.read_text())
 
 
 def test_bench_cli_writes_a_consistent_record(tmp_path):
-    record = _bench(tmp_path, "experiment=mdsm_cifar10_debug", "threads=1", "bench.rounds=2", "bench.round_s=0.2")
+    # bench.sampler_steps=8 times the whole 8-step chain whatever the machine's load, so it is measured
+    record = _bench(tmp_path, "experiment=mdsm_cifar10_debug", "threads=1", "bench.rounds=2", "bench.round_s=0.2",
+                    "bench.sampler_steps=8")
     assert record["preset"] == "mdsm_cifar10_debug" and record["compare"] is None
     assert record["data"]["source"] == "fake" and record["data"]["shape"] == [3, 32, 32]
     assert "dae_gen.data.fakes" in record["data"]["note"]
@@ -125,6 +127,18 @@ def test_bench_cli_writes_a_consistent_record(tmp_path):
     assert projection["total_s"] == pytest.approx(projection["train_s"] + sampler["chain_s"])
     assert all(value > 0 for value in setting["memory"].values())
 
+
+
+def test_bench_cli_times_the_adaptive_ode_solver_to_its_end(tmp_path):
+    """The ODE solver's steps carry n=None (its length is known only at its end): the chain runs to completion."""
+    record = _bench(tmp_path, "dataset=two_moons", "model=ncsn_mlp", "sampler=ode", "bench.train=false", "threads=1",
+                    projected=False)  # no training timed: no projection
+    (setting,) = record["settings"]
+    sampler = setting["sampler"]
+    assert "train" not in setting and sampler["target"].endswith("sample_probability_flow_ode")
+    assert sampler["chain_measured"] and sampler["calls_per_step"] == 1.0  # one score per function evaluation
+    assert sampler["chain_steps"] > 6  # dopri5: 6 evaluations per step, then the denoising call
+    assert sampler["s_per_image"] == pytest.approx(sampler["chain_s"] / sampler["batch"])
 
 def test_bench_cli_compares_two_settings_interleaved(tmp_path):
     record = _bench(tmp_path, "experiment=ncsn_toy", "compare=threads", "values=[1,2]", "bench.rounds=2",

@@ -228,7 +228,8 @@ def test_network_calls_per_image_are_exact(name):
 def test_ode_reports_its_network_calls_through_the_callback_and_the_counter():
     model = CountingModel(GaussianModel(geometric_sigmas(4.0, 0.05, 8).tolist()))
     reported = []
-    sample_probability_flow_ode(model, 16, rtol=1e-4, atol=1e-4, callback=lambda info: reported.append(info["nfe"]))
+    sample_probability_flow_ode(model, 16, rtol=1e-4, atol=1e-4,
+                                callback=lambda step: reported.append(int(step.extras["nfe"])))
     assert reported == list(range(1, len(reported) + 1)) and model.nfe_per_image(16) == reported[-1] > 10
 
 

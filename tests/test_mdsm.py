@@ -159,8 +159,8 @@ def test_final_denoising_jump_and_callback():
     assert sigmas_seen[0].shape == (7,) and (sigmas_seen[0] == 0.3).all()
     temperature_annealed_langevin(score, x, sigma0=0.3, n_steps_hot=2, temp_hot=5.0, n_steps_anneal=3,
                                   n_steps_cool=2, callback=events.append)
-    assert [e["i"] for e in events] == list(range(1, 8)) and events[0]["n"] == 7
-    assert events[0]["temperature"] == 5.0 and events[-1]["temperature"] == 0.0
+    assert [e.i for e in events] == list(range(1, 8)) and events[0].n == 7
+    assert events[0].extras["temperature"] == 5.0 and events[-1].extras["temperature"] == 0.0
 
 
 def test_driver_reads_sigma0_from_the_model_and_is_reproducible():

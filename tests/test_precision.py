@@ -264,7 +264,7 @@ def test_sampler_amp_runs_the_network_in_bf16_and_keeps_the_chain_in_fp32(traine
     counted = CountingModel(model)
     with torch.inference_mode():
         a = draw_samples(model, fp32, 12, batch_size=6, seed=1)
-        b = draw_samples(counted, bf16, 12, batch_size=6, seed=1, callback=lambda info: states.append(info["x"]))
+        b = draw_samples(counted, bf16, 12, batch_size=6, seed=1, callback=lambda step: states.append(step.x))
     assert states and all(s.dtype == torch.float32 for s in states) and b.dtype == torch.float32
     assert counted.nfe_per_image(12) == 2 * 6 - 1  # the wrapper is outside the counter: every call counted
     assert not torch.equal(a, b)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, run_command
 from dae_gen.samplers.tasks import frame_steps
 
 BASE = ["trainer.steps=6", "trainer.log_every=2", "trainer.ckpt_every=3", "trainer.sample_every=0",
@@ -106,6 +106,19 @@ def test_readme_task_commands(workdir):
             torch.testing.assert_close(denoised[k], expected)
     assert (folder / "denoise.png").is_file()
 
+
+
+def test_trajectory_of_the_adaptive_ode_solver(workdir):
+    """``sampler=ode`` reports steps with n=None: the frames are chosen once the solver has ended."""
+    proc = run_command(["dae-gen-sample", "run=outputs/run1", "sampler=ode", "task=trajectory",
+                        "trajectory.n_chains=3", "trajectory.n_frames=5", "sampler.rtol=1e-3", "sampler.atol=1e-3",
+                        "out=ode_trajectory", "threads=1"], cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    npz = dict(np.load(workdir / "ode_trajectory" / "trajectory.npz"))
+    steps, frames, samples = npz["steps"].tolist(), npz["frames"], npz["samples"]
+    assert len(steps) == 5 and steps[0] == 1 and steps == sorted(steps) and frames.shape == (5, 3, 1, 8, 8)
+    assert steps == frame_steps(steps[-1], 5)  # spread evenly over the evaluations the solver made
+    np.testing.assert_array_equal(frames[-1], samples)  # the last step is the denoising step, whose state is the output
 
 def test_bad_tasks_fail_with_one_clear_error(workdir, tmp_path):
     from hydra import compose, initialize_config_module

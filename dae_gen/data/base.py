@@ -153,12 +153,20 @@ class ImageTensorData:
         """uint8 rows ``(B, C, H, W)`` at ``indices``, on the device."""
         return self.images[indices]
 
-    def batch(self, batch_size: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """The next ``batch_size`` examples of a shuffled epoch, scaled (and flipped) on the device."""
-        x = self.scale_uint8(self._gather(self._next_indices(batch_size, generator)), generator=None)
+    def batch(self, batch_size: int, *, generator: torch.Generator | None = None,
+              labels: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The next ``batch_size`` examples of a shuffled epoch, scaled (and flipped) on the device; with ``labels``
+        the pair ``(x, their labels)`` (the same examples and random draws either way)."""
+        if labels and self.labels is None:
+            raise DataError(f"{self.name} has no labels; a class-conditional model needs a labelled dataset "
+                            "(digits, cifar10), or set model.n_classes=0")
+        indices = self._next_indices(batch_size, generator)
+        x = self.scale_uint8(self._gather(indices), generator=None)
         if self.hflip:
             flip = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device) < 0.5
             x = torch.where(flip.reshape(-1, 1, 1, 1), x.flip(-1), x)
+        if labels:
+            return x, self.labels[indices.to(self.labels.device)].to(x.device)
         return x
 
     def state_dict(self) -> dict:
@@ -233,7 +241,10 @@ class PointData:
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         return self.sampler(n, generator=generator).to(self._device)
 
-    def batch(self, batch_size: int, *, generator: torch.Generator | None = None) -> Tensor:
+    def batch(self, batch_size: int, *, generator: torch.Generator | None = None, labels: bool = False) -> Tensor:
+        if labels:
+            raise DataError(f"{self.name} is an unlabelled 2-D distribution; a class-conditional model needs a "
+                            "labelled dataset, or set model.n_classes=0")
         return self.sample(batch_size, generator=generator)
 
     def state_dict(self) -> dict:

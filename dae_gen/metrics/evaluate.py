@@ -14,7 +14,7 @@ from dae_gen.metrics.fid import ReferenceStats, frechet_distance_to_features, ki
 from dae_gen.metrics.inception import InceptionFeatures, quantize, resolve_weights_path
 from dae_gen.metrics.precision_recall import precision_recall
 from dae_gen.samplers.batches import draw_samples
-from dae_gen.score import model_device
+from dae_gen.score import protocol_device
 
 
 def evaluate_samples(samples_uint8: Tensor, *, reference: ReferenceStats, extractor: InceptionFeatures,
@@ -110,7 +110,7 @@ class FIDMonitor:
 
     def __call__(self, model: torch.nn.Module, step: int) -> dict:
         started = time.perf_counter()
-        device = model_device(model)
+        device = protocol_device(model)
         if self.reference is None:
             self._setup(device)
         # batch k seeded with seed + k, as dae-gen-eval does, so both draw the same noise

@@ -26,6 +26,9 @@ class Objective(nn.Module):
     phases: tuple[tuple[str, int], ...] = (("model", 1),)
     #: True when the loss differentiates through an input gradient (torch.compile cannot do that).
     needs_double_backward: bool = False
+    #: The conditioning keywords ``score`` and ``losses`` take (``("class_labels",)`` for a class-conditional model);
+    #: the trainer passes a batch's labels as ``class_labels`` when it is listed.
+    conditioning: tuple[str, ...] = ()
 
     def __init__(self, *, data_shape: Sequence[int]):
         super().__init__()
@@ -38,16 +41,22 @@ class Objective(nn.Module):
             raise KeyError(f"{type(self).__name__} has no phase {phase!r}; its phases are {self.phases}")
         return list(self.parameters())
 
-    def losses(self, phase: str, x: Tensor) -> Tensor:
+    def losses(self, phase: str, x: Tensor, **cond: Tensor) -> Tensor:
         """Per-example losses of shape ``(B,)`` for data batch ``x`` of shape ``(B, *data_shape)``."""
         raise NotImplementedError
 
-    def forward(self, phase: str, x: Tensor) -> Tensor:
-        return self.losses(phase, x)
+    def forward(self, phase: str, x: Tensor, **cond: Tensor) -> Tensor:
+        return self.losses(phase, x, **cond)
+
+    def refuse_conditioning(self, cond: dict) -> None:
+        """Raise a clear error for conditioning keywords this (unconditional) model does not know."""
+        if cond:
+            raise TypeError(f"{type(self).__name__} is unconditional and takes no conditioning, got "
+                            f"{sorted(cond)}; a class-conditional model (model.n_classes > 0) takes class_labels")
 
     # -- the score protocol -----------------------------------------------------------------------
-    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """``∇_x log p_σ(x)`` with the shape of ``x``; ``sigma`` has shape ``(B,)``."""
+    def score(self, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
+        """``∇_x log p_σ(x | cond)`` with the shape of ``x``; ``sigma`` has shape ``(B,)``."""
         raise NotImplementedError
 
     @property

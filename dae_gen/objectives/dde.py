@@ -57,11 +57,13 @@ class DenoisingDensityEstimator(Objective):
         """Unnormalised ``log p_σ(x)``, shape ``(B,)``."""
         return self.net(x)
 
-    def losses(self, phase: str, x: Tensor) -> Tensor:
+    def losses(self, phase: str, x: Tensor, **cond: Tensor) -> Tensor:
+        self.refuse_conditioning(cond)
         return dde_losses(self.net, x, self.sigma)
 
-    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def score(self, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
         """``∇f(x) ≈ ∇log p_σ(x)`` at the trained σ (the ``sigma`` argument is ignored)."""
+        self.refuse_conditioning(cond)
         return input_gradient(self.net, x, create_graph=False)[1]
 
 
@@ -107,7 +109,8 @@ class DDEGenerativeModel(Objective):
     def _latents(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.latent_dim, generator=generator, device=device)
 
-    def losses(self, phase: str, x: Tensor) -> Tensor:
+    def losses(self, phase: str, x: Tensor, **cond: Tensor) -> Tensor:
+        self.refuse_conditioning(cond)
         if phase == "dde_p":  # data DDE on the data batch
             return dde_losses(self.f_p, x, self.sigma)
         if phase == "dde_q":  # sample DDE on the generator's current samples (no graph through G)
@@ -130,6 +133,7 @@ class DDEGenerativeModel(Objective):
         """The data DDE ``f_p(x) = log p_σ(x) + const``, shape ``(B,)``."""
         return self.f_p(x)
 
-    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def score(self, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
         """``∇f_p(x) ≈ ∇log p_σ(x)`` of the data at the trained σ (the ``sigma`` argument is ignored)."""
+        self.refuse_conditioning(cond)
         return input_gradient(self.f_p, x, create_graph=False)[1]

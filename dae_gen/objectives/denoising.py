@@ -84,6 +84,11 @@ class DenoisingObjective(Objective):
         """A ``(B,)`` float64 coefficient in ``x``'s dtype, broadcast against ``x``."""
         return expand_sigma(values.to(x.dtype), x)
 
+    @property
+    def conditioning(self) -> tuple[str, ...]:
+        """``("class_labels",)`` for a class-conditional model, else none."""
+        return ("class_labels",) if self.n_classes else ()
+
     def network(self, x: Tensor, c: Coefficients, class_labels: Tensor | None = None) -> Tensor:
         """The raw ``F(c_in·x; c_noise)`` (``F(c_in·x; c_noise, class_labels)`` for a class-conditional net)."""
         labels = {} if class_labels is None else {"class_labels": class_labels}

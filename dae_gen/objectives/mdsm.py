@@ -58,7 +58,8 @@ class AnnealedDSMEnergy(Objective):
         """``E(x)`` of shape ``(B,)``."""
         return self.net(x)
 
-    def losses(self, phase: str, x: Tensor) -> Tensor:
+    def losses(self, phase: str, x: Tensor, **cond: Tensor) -> Tensor:
+        self.refuse_conditioning(cond)
         sigma = batch_spaced_sigmas(x.shape[0], self.sigma_low, self.sigma_high, spacing=self.spacing,
                                     device=x.device).to(x.dtype)  # (B,)
         s = expand_sigma(sigma, x)
@@ -67,7 +68,8 @@ class AnnealedDSMEnergy(Objective):
         residual = (x - x_noisy) / (s * self.sigma0**2) + grad / s
         return residual.pow(2).reshape(x.shape[0], -1).sum(dim=1)  # (B,)
 
-    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def score(self, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
         """``∇log p_σ(x) ≈ −(σ₀²/σ²)∇E(x)`` (the optimum of the MDSM loss read at noise level σ)."""
+        self.refuse_conditioning(cond)
         _, grad = input_gradient(self.net, x, create_graph=False)
         return -(self.sigma0**2 / expand_sigma(sigma, x).pow(2)) * grad

@@ -17,13 +17,13 @@ from torch import Tensor
 
 from dae_gen.noise import karras_sigmas
 from dae_gen.samplers.schedule import sigma_range
-from dae_gen.score import Callback, Score, ScoreModel, model_device, sigma_batch
+from dae_gen.score import Callback, Cond, Score, ScoreModel, Step, protocol_device, sigma_batch
 
 
 @torch.no_grad()
 def edm_sampler(score: Score, x: Tensor, sigmas: Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0,
                 s_tmax: float = math.inf, s_noise: float = 1.0, generator: torch.Generator | None = None,
-                callback: Callback = None) -> Tensor:
+                callback: Callback = None, cond: Cond | None = None) -> Tensor:
     """EDM Algorithm 2 (stochastic Heun); with ``s_churn = 0`` exactly Algorithm 1 (deterministic Heun).
 
     x:        the initial state ``(B, ...)``, drawn from N(0, σ_0² I).
@@ -33,6 +33,7 @@ def edm_sampler(score: Score, x: Tensor, sigmas: Tensor, *, s_churn: float = 0.0
     s_tmax:   S_tmax, largest σ_i that is churned.
     s_noise:  S_noise, the std of the added noise relative to √(σ̂² − σ_i²) (slightly above 1 offsets the
               detail that denoising loses).
+    cond:     keyword tensors passed to every ``score(x, sigma, **cond)`` call as they are.
     Each step calls ``callback`` with ``i``, ``n`` (= N), ``x``, ``sigma`` (σ_{i+1}), ``denoised`` (D at σ̂_i) and
     ``nfe`` (score evaluations so far, per example).
     """
@@ -46,7 +47,7 @@ def edm_sampler(score: Score, x: Tensor, sigmas: Tensor, *, s_churn: float = 0.0
     if x.shape[0] == 0:  # an empty batch only validates the arguments (the CLI does this before training)
         return x
     gamma_max = min(s_churn / n_steps, math.sqrt(2) - 1)
-    nfe = 0
+    nfe, extra = 0, dict(cond or {})
     for i in range(n_steps):
         sigma, sigma_next = levels[i], levels[i + 1]
         gamma = gamma_max if s_tmin <= sigma <= s_tmax else 0.0
@@ -54,29 +55,30 @@ def edm_sampler(score: Score, x: Tensor, sigmas: Tensor, *, s_churn: float = 0.0
         if gamma > 0:  # churn: x̂ ~ p_σ̂ from x ~ p_σ by adding noise of variance σ̂² − σ²
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * noise
-        grad = score(x, sigma_batch(sigma_hat, x))
+        grad = score(x, sigma_batch(sigma_hat, x), **extra)
         denoised = x + sigma_hat**2 * grad  # D(x̂; σ̂)
         slope = -sigma_hat * grad  # dx/dσ at σ̂
         x_next = x + (sigma_next - sigma_hat) * slope  # Euler step
         nfe += 1
         if sigma_next > 0:  # Heun's 2nd-order correction (EDM Alg. 1, lines 7–8)
-            slope_next = -sigma_next * score(x_next, sigma_batch(sigma_next, x_next))
+            slope_next = -sigma_next * score(x_next, sigma_batch(sigma_next, x_next), **extra)
             x_next = x + (sigma_next - sigma_hat) * 0.5 * (slope + slope_next)
             nfe += 1
         x = x_next
         if callback is not None:
-            callback({"i": i + 1, "n": n_steps, "x": x, "sigma": sigma_next, "denoised": denoised, "nfe": nfe})
+            callback(Step(i=i + 1, n=n_steps, x=x, sigma=torch.tensor(sigma_next, dtype=x.dtype, device=x.device),
+                          denoised=denoised, extras={"nfe": torch.tensor(nfe)}))
     return x
 
 
 def _prior(model: ScoreModel, n: int, sigma_max: float, generator: torch.Generator | None) -> Tensor:
     """``n`` draws of N(0, σ_max² I) in the model's data shape, on its device: the EDM samplers' start."""
-    return sigma_max * torch.randn((n, *model.data_shape), generator=generator, device=model_device(model))
+    return sigma_max * torch.randn((n, *model.data_shape), generator=generator, device=protocol_device(model))
 
 
 def sample_heun(model: ScoreModel, n: int, *, n_steps: int = 18, rho: float = 7.0, sigma_min: float | None = None,
                 sigma_max: float | None = None, generator: torch.Generator | None = None,
-                callback: Callback = None) -> Tensor:
+                callback: Callback = None, cond: Cond | None = None) -> Tensor:
     """EDM's deterministic Heun sampler (Algorithm 1) from N(0, σ_max² I); NFE = 2·n_steps − 1 per image.
 
     ``sigma_max`` / ``sigma_min`` default to the model's σ_1 / σ_L (EDM's own models: 80 / 0.002).
@@ -84,13 +86,14 @@ def sample_heun(model: ScoreModel, n: int, *, n_steps: int = 18, rho: float = 7.
     sigma_max, sigma_min = sigma_range(model, sigma_max, sigma_min, sampler="heun", allow_single_level=False)
     sigmas = karras_sigmas(n_steps, sigma_min, sigma_max, rho)
     return edm_sampler(model.score, _prior(model, n, sigma_max, generator), sigmas, generator=generator,
-                       callback=callback)
+                       callback=callback, cond=cond)
 
 
 def sample_edm_stochastic(model: ScoreModel, n: int, *, n_steps: int = 40, rho: float = 7.0,
                           sigma_min: float | None = None, sigma_max: float | None = None, s_churn: float = 40.0,
                           s_tmin: float = 0.05, s_tmax: float = 50.0, s_noise: float = 1.003,
-                          generator: torch.Generator | None = None, callback: Callback = None) -> Tensor:
+                          generator: torch.Generator | None = None, callback: Callback = None,
+                          cond: Cond | None = None) -> Tensor:
     """EDM's stochastic sampler (Algorithm 2) from N(0, σ_max² I); NFE = 2·n_steps − 1 per image.
 
     On a one-level model (σ_max = σ_min = its σ) every step churns at that σ and steps back to it, a Langevin-like
@@ -100,7 +103,8 @@ def sample_edm_stochastic(model: ScoreModel, n: int, *, n_steps: int = 40, rho: 
                                        allow_single_level=True)
     sigmas = karras_sigmas(n_steps, sigma_min, sigma_max, rho)
     return edm_sampler(model.score, _prior(model, n, sigma_max, generator), sigmas, s_churn=s_churn, s_tmin=s_tmin,
-                       s_tmax=s_tmax, s_noise=s_noise, generator=generator, callback=callback)
+                       s_tmax=s_tmax, s_noise=s_noise, generator=generator, callback=callback,
+                       cond=cond)
 
 
 __all__ = ["edm_sampler", "sample_edm_stochastic", "sample_heun"]

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from dae_gen.noise import geometric_sigmas
 from dae_gen.samplers.schedule import sigma_range
-from dae_gen.score import Callback, Score, ScoreModel, model_device, sigma_batch
+from dae_gen.score import Callback, Cond, Score, ScoreModel, Step, protocol_device, sigma_batch
 
 CORRECTOR_NORMS = ("example", "batch")
 
@@ -37,7 +37,8 @@ def _norms(t: Tensor, mode: str) -> Tensor:
 @torch.no_grad()
 def predictor_corrector(score: Score, x: Tensor, sigmas: Tensor, *, snr: float = 0.16, n_corrector_steps: int = 1,
                         corrector_norm: str = "example", denoise: bool = True,
-                        generator: torch.Generator | None = None, callback: Callback = None) -> Tensor:
+                        generator: torch.Generator | None = None, callback: Callback = None,
+                        cond: Cond | None = None) -> Tensor:
     """Song et al. 2021 PC sampler (reverse-diffusion predictor, Langevin corrector) for the VE SDE.
 
     x:                  the initial state ``(B, ...)``, drawn from N(0, σ_1² I).
@@ -46,6 +47,7 @@ def predictor_corrector(score: Score, x: Tensor, sigmas: Tensor, *, snr: float =
     n_corrector_steps:  Langevin steps per level (0: the predictor alone, ancestral sampling).
     corrector_norm:     ``"example"`` (per-example norms) or ``"batch"`` (batch-mean norms, the reference code).
     denoise:            the last predictor step adds no noise (Tweedie's denoising step).
+    cond:               keyword tensors passed to every ``score(x, sigma, **cond)`` call as they are.
     Each level calls ``callback`` with ``i``, ``n`` (= N), ``x``, ``sigma`` (σ_i) and ``nfe`` (per example).
     """
     levels = [float(s) for s in torch.as_tensor(sigmas).reshape(-1).tolist()]
@@ -63,23 +65,24 @@ def predictor_corrector(score: Score, x: Tensor, sigmas: Tensor, *, snr: float =
     def gaussian() -> Tensor:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
-    nfe = 0
+    nfe, extra = 0, dict(cond or {})
     for i, sigma in enumerate(levels):
         sigma_b = sigma_batch(sigma, x)
         for _ in range(int(n_corrector_steps)):  # Langevin corrector (Song et al. 2021, Algorithm 4)
-            grad = score(x, sigma_b)
+            grad = score(x, sigma_b, **extra)
             noise = gaussian()
             step = 2 * (snr * _norms(noise, corrector_norm) / _norms(grad, corrector_norm)).pow(2)  # ε
             x = x + step * grad + (2 * step).sqrt() * noise
             nfe += 1
         sigma_next = levels[i + 1] if i + 1 < len(levels) else 0.0
         variance = sigma**2 - sigma_next**2  # of the reverse-diffusion step σ_i → σ_{i+1}
-        x = x + variance * score(x, sigma_b)  # reverse-diffusion predictor (Algorithm 2)
+        x = x + variance * score(x, sigma_b, **extra)  # reverse-diffusion predictor (Algorithm 2)
         nfe += 1
         if variance > 0 and not (denoise and i == len(levels) - 1):
             x = x + variance**0.5 * gaussian()
         if callback is not None:
-            callback({"i": i + 1, "n": len(levels), "x": x, "sigma": sigma, "nfe": nfe})
+            callback(Step(i=i + 1, n=len(levels), x=x, sigma=torch.tensor(sigma, dtype=x.dtype, device=x.device),
+                          extras={"nfe": torch.tensor(nfe)}))
     return x
 
 
@@ -87,7 +90,7 @@ def sample_predictor_corrector(model: ScoreModel, n: int, *, n_steps: int | None
                                n_corrector_steps: int = 1, corrector_norm: str = "example", denoise: bool = True,
                                sigma_max: float | None = None,
                                sigma_min: float | None = None, generator: torch.Generator | None = None,
-                               callback: Callback = None) -> Tensor:
+                               callback: Callback = None, cond: Cond | None = None) -> Tensor:
     """PC sampling from N(0, σ_max² I); NFE = N·(n_corrector_steps + 1) per image.
 
     n_steps:  N, the number of levels: ``None`` runs over the model's own levels (NCSN's trained σ; an EDM
@@ -105,9 +108,10 @@ def sample_predictor_corrector(model: ScoreModel, n: int, *, n_steps: int | None
         levels = torch.full((int(n_steps or 1),), sigma_max, dtype=torch.float64)
     else:
         levels = geometric_sigmas(sigma_max, sigma_min, int(n_steps or len(model.sigmas)))
-    x = sigma_max * torch.randn((n, *model.data_shape), generator=generator, device=model_device(model))
+    x = sigma_max * torch.randn((n, *model.data_shape), generator=generator, device=protocol_device(model))
     return predictor_corrector(model.score, x, levels, snr=snr, n_corrector_steps=n_corrector_steps,
-                               corrector_norm=corrector_norm, denoise=denoise, generator=generator, callback=callback)
+                               corrector_norm=corrector_norm, denoise=denoise, generator=generator, callback=callback,
+                               cond=cond)
 
 
 __all__ = ["predictor_corrector", "sample_predictor_corrector"]

@@ -20,11 +20,11 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dae_gen.errors import ConfigError
 from dae_gen.precision import driver_amp, sampling_model
@@ -35,7 +35,7 @@ from dae_gen.samplers.temperature import (
     temperature_annealed_langevin,
     temperature_schedule,
 )
-from dae_gen.score import Callback, Score, ScoreModel, expand_sigma, model_device
+from dae_gen.score import Callback, Cond, Score, ScoreModel, Step, expand_sigma, protocol_device
 
 MASK_KINDS = ("half", "bottom", "centre", "random")
 KNOWN_NOISE = ("level", "step")
@@ -135,7 +135,7 @@ class KnownPixelsScore:
         self._level: Tensor | None = None
         self.noisy_known: Tensor | None = None  # the y of the latest call, (B, ...)
 
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
         if self._known.device != x.device or self._known.dtype != x.dtype:
             self._known, self.mask = self.known.to(x.device, x.dtype), self.mask.to(x.device)
         if self.noise_levels is None:
@@ -151,7 +151,7 @@ class KnownPixelsScore:
             z = torch.where(same, self._z, z)
         self._z, self._level = z, level
         self.noisy_known = self._known + expand_sigma(level, x) * z
-        return self.score(torch.where(self.mask, self.noisy_known, x), sigma)
+        return self.score(torch.where(self.mask, self.noisy_known, x), sigma, **cond)
 
     def shown(self, x: Tensor) -> Tensor:
         """The chain's state as the masked sampler holds it: known pixels at their current noised values."""
@@ -167,7 +167,7 @@ def _showing_known(callback: Callback, clamped: KnownPixelsScore) -> Callback:
     """Pass the callback the state with its known pixels as the sampler reads them, not the unread entries."""
     if callback is None:
         return None
-    return lambda info: callback({**info, "x": clamped.shown(info["x"])})
+    return lambda step: callback(replace(step, x=clamped.shown(step.x)))
 
 
 def inpaint_annealed_langevin(score: Score, x: Tensor, known: Tensor, mask: Tensor, sigmas: Tensor, *,
@@ -211,14 +211,14 @@ def inpaint_temperature_langevin(score: Score, x: Tensor, known: Tensor, mask: T
     return keep_known(x, known, mask)
 
 
-class _KnownPixelsModel(nn.Module):
+class _KnownPixelsModel:
     """A score model whose score is ``KnownPixelsScore`` over another model's: any sampler driver consuming only the
     score protocol (annealed Langevin, temperature Langevin, EDM-style σ schedules) then inpaints."""
 
     def __init__(self, model: ScoreModel, clamped: KnownPixelsScore):
-        super().__init__()
-        self.model, self.clamped = model, clamped  # an nn.Module model is registered: its device is ours
+        self.model, self.clamped = model, clamped
         self.data_shape = tuple(model.data_shape)
+        self.device = protocol_device(model)  # the chains start where the model's would
 
     @property
     def sigmas(self) -> Tensor:
@@ -228,13 +228,13 @@ class _KnownPixelsModel(nn.Module):
     def reference_sigma(self) -> float:
         return self.model.reference_sigma
 
-    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
-        return self.clamped(x, sigma)
+    def score(self, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
+        return self.clamped(x, sigma, **cond)
 
 
 def inpaint(model: ScoreModel, images: Tensor, mask: Tensor, *, n_per_image: int = 1, sampler: SamplerSpec = None,
             known_noise: str | None = None, generator: torch.Generator | None = None, callback: Callback = None,
-            **overrides: Any) -> Tensor:
+            cond: Cond | None = None, **overrides: Any) -> Tensor:
     """Complete the masked pixels of ``images`` ``(N, *data_shape)``: ``(N, n_per_image, *data_shape)`` on the model's
     device, the known pixels equal to ``images`` exactly.
 
@@ -245,6 +245,7 @@ def inpaint(model: ScoreModel, images: Tensor, mask: Tensor, *, n_per_image: int
                   noises the known pixels at σ₀√T_k (``inpaint_temperature_langevin``); every other sampler at the
                   σ it calls the score with.
     known_noise:  ``"level"`` or ``"step"``; None: ``"step"`` for temperature Langevin (MDSM), else ``"level"`` (NCSN).
+    cond:         conditioning of the ``N·n_per_image`` chains (image-major), passed to every score call as it is.
     """
     driver = _driver(sampler, overrides)
     function = _function(driver)
@@ -256,7 +257,7 @@ def inpaint(model: ScoreModel, images: Tensor, mask: Tensor, *, n_per_image: int
     if tuple(images.shape[1:]) != tuple(model.data_shape):
         raise ValueError(f"images must have the model's data shape (N, {', '.join(map(str, model.data_shape))}), "
                          f"got {tuple(images.shape)}")
-    device = model_device(model) if isinstance(model, nn.Module) else images.device
+    device = protocol_device(model)
     known = images.to(device).repeat_interleave(int(n_per_image), dim=0)  # (N·K, ...), image-major
     mask = torch.as_tensor(mask, dtype=torch.bool).to(device).expand_as(images).repeat_interleave(int(n_per_image), 0)
     levels = None
@@ -269,7 +270,7 @@ def inpaint(model: ScoreModel, images: Tensor, mask: Tensor, *, n_per_image: int
     clamped = KnownPixelsScore(model.score, known, mask, known_noise=known_noise or default_noise,
                                noise_levels=levels, generator=generator)
     x = driver(_KnownPixelsModel(model, clamped), known.shape[0], generator=generator,
-               callback=_showing_known(callback, clamped))
+               callback=_showing_known(callback, clamped), **({} if cond is None else {"cond": cond}))
     return keep_known(x, known, mask).reshape(images.shape[0], int(n_per_image), *images.shape[1:])
 
 
@@ -320,7 +321,7 @@ def interpolation_starts(start: Tensor, n_interpolations: int, *, end: Tensor | 
 
 def interpolate(model: ScoreModel, n_rows: int, *, n_interpolations: int = 8, sampler: SamplerSpec = None,
                 endpoints: str = "shared", generator: torch.Generator | None = None, callback: Callback = None,
-                **overrides: Any) -> Tensor:
+                cond: Cond | None = None, **overrides: Any) -> Tensor:
     """NCSNv2 interpolation rows ``(n_rows, n_interpolations, *data_shape)`` on the model's device.
 
     Each row's chains run annealed Langevin (or temperature-annealed Langevin) with the sampler's own settings and
@@ -336,7 +337,7 @@ def interpolate(model: ScoreModel, n_rows: int, *, n_interpolations: int = 8, sa
         raise ValueError(f"n_rows and n_interpolations must be positive, got {n_rows} and {n_interpolations}")
     driver = _driver(sampler, overrides)
     function, knobs = _function(driver), _knobs(driver)
-    device = model_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
+    device = protocol_device(model)
     model = sampling_model(model, driver_amp(driver))  # the chains below call its score directly: amp= applies here
     shape = (int(n_rows), *model.data_shape)
     noise = interpolation_noise(n_rows, n_interpolations, generator=generator)
@@ -350,7 +351,7 @@ def interpolate(model: ScoreModel, n_rows: int, *, n_interpolations: int = 8, sa
         x = interpolation_starts(start, n_interpolations, end=end, center=center).flatten(0, 1)
         x = annealed_langevin(model.score, x, sigmas.to(device), n_steps_each=knobs["n_steps_each"],
                               step_lr=knobs["step_lr"], denoise=knobs["denoise"], generator=generator,
-                              callback=callback, noise=noise)
+                              callback=callback, noise=noise, cond=cond)
     elif function is sample_temperature_langevin:
         sigma0 = float(model.reference_sigma) if knobs["sigma0"] is None else float(knobs["sigma0"])
         mean, std = knobs["init_mean"], knobs["init_std"]
@@ -359,7 +360,7 @@ def interpolate(model: ScoreModel, n_rows: int, *, n_interpolations: int = 8, sa
         x = interpolation_starts(start, n_interpolations, end=end, center=mean).flatten(0, 1)
         x = temperature_annealed_langevin(model.score, x, sigma0=sigma0, **{
             k: knobs[k] for k in ("n_steps_hot", "temp_hot", "n_steps_anneal", "n_steps_cool", "step_size", "denoise")},
-            generator=generator, callback=callback, noise=noise)
+            generator=generator, callback=callback, noise=noise, cond=cond)
     else:
         raise ConfigError(f"interpolation drives Langevin noise, so it needs sampler=annealed_langevin or "
                           f"temperature_langevin; got {getattr(function, '__name__', function)}")
@@ -380,8 +381,10 @@ def frame_steps(n_steps: int, n_frames: int) -> list[int]:
 class TrajectoryRecorder:
     """A sampler callback that keeps the chain's state ``x`` at chosen steps, and nothing else.
 
-    steps:     1-based step numbers as the samplers count them (``info["i"]``); or
-    n_frames:  that many steps spread evenly over the run (``frame_steps``), known once the sampler reports ``n``.
+    steps:     1-based step numbers as the samplers count them (``Step.i``); or
+    n_frames:  that many steps spread evenly over the run (``frame_steps``), known once the sampler reports ``n``;
+               where it reports ``n=None`` (an adaptive ODE solver: its length is known only at its end) every
+               state is kept and the frames are chosen from the steps it took.
     device:    where the kept copies go (the CPU by default, so a GPU chain keeps no extra memory).
 
     It never draws random numbers or changes ``x``, so a recorded run gives the samples of an unrecorded one.
@@ -397,29 +400,49 @@ class TrajectoryRecorder:
         if self._steps is not None and (not self._steps or self._steps[0] < 1):
             raise ValueError(f"steps must be one or more step numbers counted from 1, got {list(steps)}")
         self._states: dict[tuple[int, int], Tensor] = {}
+        self._open = False  # n_frames over a chain of unknown length: keeping every state until it ends
+        self._last: dict[int, int] = {}  # batch → its last step
 
     @property
     def steps(self) -> list[int]:
-        """The recorded step numbers (resolved from ``n_frames`` at the first step)."""
+        """The recorded step numbers (resolved from ``n_frames`` at the first step, or at the end of a chain of
+        unknown length)."""
+        if self._open:
+            self._close()
         if self._steps is None:
             raise RuntimeError("the steps of n_frames are known once the sampler has run")
         return list(self._steps)
 
-    def __call__(self, info: dict) -> None:
-        step, total = int(info["i"]), int(info["n"])
-        if self._steps is None:
-            self._steps = frame_steps(total, self.n_frames)
-        elif step == 1 and self._steps[-1] > total:
+    def _close(self) -> None:
+        """Choose ``n_frames`` steps of the shortest batch's chain and drop the other kept states."""
+        self._steps = frame_steps(min(self._last.values()), self.n_frames)
+        self._states = {key: x for key, x in self._states.items() if key[1] in self._steps}
+        self._open = False
+
+    def __call__(self, step: Step) -> None:
+        i, total = int(step.i), step.n
+        if self._steps is None and not self._open:
+            if total is None:
+                self._open = True
+            else:
+                self._steps = frame_steps(int(total), self.n_frames)
+        elif total is not None and i == 1 and self._steps is not None and self._steps[-1] > total:
             raise ValueError(f"cannot record step {self._steps[-1]}: the sampler runs {total} steps")
-        if step in self._steps:
-            self._states[(int(info.get("batch", 0)), step)] = info["x"].detach().to(self.device, copy=True)
+        self._last[step.batch] = i
+        if self._open or i in self._steps:
+            self._states[(step.batch, i)] = step.x.detach().to(self.device, copy=True)
 
     def frames(self) -> Tensor:
         """The recorded states ``(T, N, ...)``: T steps, the chains of all batches in order."""
         if not self._states:
             raise RuntimeError("nothing recorded yet: pass the recorder as a sampler's callback and run it")
+        steps = self.steps
         batches = sorted({b for b, _ in self._states})
-        return torch.stack([torch.cat([self._states[(b, s)] for b in batches]) for s in self.steps])
+        missing = [(b, s) for b in batches for s in steps if (b, s) not in self._states]
+        if missing:
+            raise ValueError(f"batch {missing[0][0]} did not reach step {missing[0][1]}: the batches' chains differ "
+                             "in length (an adaptive solver); record one batch, or give steps they all reach")
+        return torch.stack([torch.cat([self._states[(b, s)] for b in batches]) for s in steps])
 
 
 @dataclass
@@ -433,7 +456,7 @@ class Trajectory:
 
 def record_trajectory(model: ScoreModel, n: int, *, sampler: SamplerSpec = None, steps: Sequence[int] | None = None,
                       n_frames: int | None = 10, generator: torch.Generator | None = None, callback: Callback = None,
-                      **overrides: Any) -> Trajectory:
+                      cond: Cond | None = None, **overrides: Any) -> Trajectory:
     """Run any sampler driver for ``n`` chains and keep their states at ``steps`` (or ``n_frames`` even steps).
 
     The samples equal those of the same driver run unrecorded with the same generator.
@@ -441,12 +464,12 @@ def record_trajectory(model: ScoreModel, n: int, *, sampler: SamplerSpec = None,
     recorder = TrajectoryRecorder(steps, n_frames=None if steps is not None else n_frames)
     driver = _driver(sampler, overrides)
 
-    def on_step(info: dict) -> None:
-        recorder(info)
+    def on_step(step: Step) -> None:
+        recorder(step)
         if callback is not None:
-            callback(info)
+            callback(step)
 
-    samples = driver(model, int(n), generator=generator, callback=on_step)
+    samples = driver(model, int(n), generator=generator, callback=on_step, **({} if cond is None else {"cond": cond}))
     return Trajectory(steps=recorder.steps, frames=recorder.frames(), samples=samples.detach())
 
 
@@ -461,26 +484,28 @@ class Denoised(NamedTuple):
 
 @torch.no_grad()
 def tweedie_denoising(score: Score, x: Tensor, sigmas: Tensor | Sequence[float], *,
-                      generator: torch.Generator | None = None) -> Denoised:
+                      generator: torch.Generator | None = None, cond: Cond | None = None) -> Denoised:
     """What a DAE sees and returns at each σ: ``x̃ = x + σ·ε`` and ``E[x | x̃] = x̃ + σ²·score(x̃, σ)`` (Tweedie's
     formula; DESIGN.md §1: the DAE optimum ``r*(x̃)``). One ε for every σ, so the pictures differ only in σ."""
     sigmas = torch.as_tensor(sigmas, dtype=x.dtype, device=x.device).flatten()
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     noisy = torch.stack([x + sigma * eps for sigma in sigmas])
-    denoised = torch.stack([denoise_step(score, y, sigma) for y, sigma in zip(noisy, sigmas)])
+    denoised = torch.stack([denoise_step(score, y, sigma, cond=cond) for y, sigma in zip(noisy, sigmas)])
     return Denoised(sigmas=sigmas, noisy=noisy, denoised=denoised)
 
 
 def denoise_at_levels(model: ScoreModel, images: Tensor, *, sigmas: Tensor | Sequence[float] | None = None,
-                      n_sigmas: int = 6, generator: torch.Generator | None = None) -> Denoised:
+                      n_sigmas: int = 6, generator: torch.Generator | None = None, cond: Cond | None = None
+                      ) -> Denoised:
     """``tweedie_denoising`` of ``images`` with a model's score; ``sigmas`` default to ``n_sigmas`` of its own
     levels, evenly spread by index from σ_1 to σ_L."""
     if sigmas is None:
         levels = model.sigmas
         index = torch.linspace(0, len(levels) - 1, min(int(n_sigmas), len(levels))).round().long()
         sigmas = levels[index.to(levels.device)]
-    device = model_device(model) if isinstance(model, nn.Module) else images.device
-    return tweedie_denoising(model.score, images.to(device), torch.as_tensor(sigmas).to(device), generator=generator)
+    device = protocol_device(model)
+    return tweedie_denoising(model.score, images.to(device), torch.as_tensor(sigmas).to(device), generator=generator,
+                             cond=cond)
 
 
 __all__ = ["Denoised", "KnownPixelsScore", "MASK_KINDS", "Trajectory", "TrajectoryRecorder", "denoise_at_levels",

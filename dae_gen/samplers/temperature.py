@@ -16,7 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from dae_gen.score import Callback, GenerativeModel, Score, ScoreModel, model_device
+from dae_gen.errors import ConfigError
+from dae_gen.score import Callback, Cond, GenerativeModel, Score, ScoreModel, Step, protocol_device
 
 
 def temperature_schedule(*, n_steps_hot: int = 500, temp_hot: float = 100.0, n_steps_anneal: int = 2000,
@@ -43,13 +44,15 @@ def temperature_annealed_langevin(score: Score, x: Tensor, *, sigma0: float, n_s
                                   temp_hot: float = 100.0, n_steps_anneal: int = 2000, n_steps_cool: int = 200,
                                   step_size: float = 0.02, denoise: bool = True,
                                   generator: torch.Generator | None = None, callback: Callback = None,
-                                  noise: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+                                  noise: Callable[[Tensor], Tensor] | None = None,
+                                  cond: Cond | None = None) -> Tensor:
     """Temperature-annealed Langevin on ``E`` with ``∇E(x) = −score(x, σ₀)``; x: initial state ``(B, ...)``.
 
     sigma0:     reference scale σ₀ at which the score is read (and the final denoising jump is made).
     step_size:  ε; each step ``x ← x − ½ε²∇E(x) + √T·ε·ξ`` (0.02 in the paper).
     denoise:    finish with ``x ← x − σ₀²∇E(x)``.
     noise:      ``x -> ξ``, each step's standard normal draw (default ``torch.randn`` from ``generator``).
+    cond:       keyword tensors passed to every ``score(x, sigma, **cond)`` call as they are.
     """
     if not step_size > 0:
         raise ValueError(f"step_size must be positive, got {step_size}")
@@ -59,17 +62,18 @@ def temperature_annealed_langevin(score: Score, x: Tensor, *, sigma0: float, n_s
                                  n_steps_cool=n_steps_cool).tolist()
     if x.shape[0] == 0:  # an empty batch only validates the arguments (the CLI does this before training)
         return x
+    extra = dict(cond or {})
     sigma_b = torch.full((x.shape[0],), float(sigma0), dtype=x.dtype, device=x.device)
     for i, temp in enumerate(temps):
-        grad_energy = -score(x, sigma_b)
+        grad_energy = -score(x, sigma_b, **extra)
         xi = noise(x) if noise is not None else torch.randn(x.shape, generator=generator, device=x.device,
                                                              dtype=x.dtype)
         x = x - 0.5 * step_size**2 * grad_energy + math.sqrt(temp) * step_size * xi
         if callback is not None:
             # tensors, not floats: a host sync per step would stall a GPU chain
-            callback({"i": i + 1, "n": len(temps), "x": x, "temperature": temp, "grad": grad_energy})
+            callback(Step(i=i + 1, n=len(temps), x=x, extras={"temperature": torch.tensor(temp, dtype=torch.float64), "grad": grad_energy}))
     if denoise:
-        x = x + sigma0**2 * score(x, sigma_b)
+        x = x + sigma0**2 * score(x, sigma_b, **extra)
     return x
 
 
@@ -77,26 +81,30 @@ def sample_temperature_langevin(model: ScoreModel, n: int, *, n_steps_hot: int =
                                 n_steps_anneal: int = 2000, n_steps_cool: int = 200, step_size: float = 0.02,
                                 denoise: bool = True, init_mean: float = 0.5, init_std: float = 1.0,
                                 sigma0: float | None = None, generator: torch.Generator | None = None,
-                                callback: Callback = None) -> Tensor:
+                                callback: Callback = None, cond: Cond | None = None) -> Tensor:
     """Draw ``n`` samples from any score model by temperature-annealed Langevin from ``init_mean + init_std·N(0, I)``.
 
     ``sigma0`` defaults to the model's ``reference_sigma`` (σ₀ of an energy model, σ of a DDE, σ_L otherwise).
     """
     sigma0 = float(model.reference_sigma) if sigma0 is None else float(sigma0)
-    device = model_device(model)
+    device = protocol_device(model)
     x = init_mean + init_std * torch.randn((n, *model.data_shape), generator=generator, device=device)
     return temperature_annealed_langevin(model.score, x, sigma0=sigma0, n_steps_hot=n_steps_hot, temp_hot=temp_hot,
                                          n_steps_anneal=n_steps_anneal, n_steps_cool=n_steps_cool,
-                                         step_size=step_size, denoise=denoise, generator=generator, callback=callback)
+                                         step_size=step_size, denoise=denoise, generator=generator, callback=callback,
+                                         cond=cond)
 
 
 def sample_generator(model: GenerativeModel, n: int, *, generator: torch.Generator | None = None,
-                     callback: Callback = None) -> Tensor:
+                     callback: Callback = None, cond: Cond | None = None) -> Tensor:
     """One-pass samples ``model.generate(n)`` from a model with a generator network (DDE generative model)."""
     if not isinstance(model, GenerativeModel):
         raise TypeError(f"sampler=generator needs a model with a generator network; {type(model).__name__} has "
                         "none: use a Langevin sampler")
+    if cond:
+        raise ConfigError(f"sampler=generator draws unconditionally in one pass; it takes no conditioning, got "
+                          f"{sorted(cond)}")
     x = model.generate(n, generator=generator)
     if callback is not None:
-        callback({"i": 1, "n": 1, "x": x})
+        callback(Step(i=1, n=1, x=x))
     return x
