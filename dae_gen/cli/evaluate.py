@@ -145,7 +145,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
                                progress=True, require_finite=True, cond=cond)
         nfe = counted.nfe_per_image(cfg.n_samples)
         amp = resolve_amp(driver_amp(sampler), device, warn=False)
-        conditioning_record = conditioning.record(labels_of(0), labels="uniform over class_labels, seeded by seed + "
+        conditioning_record = conditioning.record(labels_of(0), label_draw="uniform over class_labels, seeded by seed + "
                                                   "j·n_batches for sample set j")
         extra_sets = []
         for j in range(1, int(cfg.fid_seeds) if info.kind == "image" else 1):
