@@ -66,13 +66,15 @@ def main() -> None:
     parser.add_argument("--reference", default=str(HERE / "runs" / "edm_digits"), help="unconditional run")
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--guidance", type=float, nargs="+", default=list(GUIDANCE))
+    parser.add_argument("--references-only", action="store_true",
+                        help="keep the guidance rows of results.json, redo the unconditional references")
     args = parser.parse_args()
     work = HERE / "runs" / "sweep"
     work.mkdir(parents=True, exist_ok=True)
     clf, clf_record = classifier()
     print(f"classifier: held-out accuracy {clf_record['test_accuracy']:.4f}", flush=True)
-    rows = []
-    for w in args.guidance:
+    rows = json.loads((HERE / "results.json").read_text())["rows"] if args.references_only else []
+    for w in [] if args.references_only else args.guidance:
         out = work / f"w{w:g}"
         shutil.rmtree(out, ignore_errors=True)
         command("dae-gen-sample", f"run={args.run}", "class_labels=all", f"per_class={args.per_class}",
@@ -94,7 +96,8 @@ def main() -> None:
     references = []
     for label, run, extra in (("conditional model, null class (unconditional)", args.run, []),
                               ("unconditional main job (edm_digits)", args.reference, [])):
-        if not (Path(run) / "checkpoints").is_dir():
+        if not (Path(run) / "checkpoints" / "ckpt_00003000.pt").is_file():
+            print(f"{label}: {run} has not reached step 3000; skipped", flush=True)
             continue
         out = work / ("null" if "null" in label else "uncond")
         shutil.rmtree(out, ignore_errors=True)
