@@ -55,9 +55,26 @@ def command(*args: str) -> None:
         raise SystemExit(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
 
 
-def evaluate(npz: Path, out: Path) -> dict:
-    command("dae-gen-eval", f"samples={npz}", f"out={out}", "threads=1")
-    return json.loads((out / "eval.json").read_text())
+def draw(out: Path, *args: str) -> None:
+    """``dae-gen-sample ... save_npz=true out=<out>`` unless ``out`` already holds its samples."""
+    if not (out / "samples.npz").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        command("dae-gen-sample", *args, "save_npz=true", f"out={out}", "threads=1", "batch_size=250")
+
+
+def evaluate_all(folders: list[Path], jobs: int) -> None:
+    """``dae-gen-eval samples=<folder>/samples.npz`` for each folder without an ``eval/eval.json``, ``jobs`` at once."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    todo = [f for f in folders if not (f / "eval" / "eval.json").is_file()]
+    running: list[subprocess.Popen] = []
+    while todo or running:
+        while todo and len(running) < jobs:
+            folder = todo.pop(0)
+            running.append(subprocess.Popen([str(BIN / "dae-gen-eval"), f"samples={folder / 'samples.npz'}",
+                                             f"out={folder / 'eval'}", "threads=1"], env=env,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        running[0].wait()
+        running = [p for p in running if p.poll() is None]
 
 
 def main() -> None:
@@ -66,58 +83,57 @@ def main() -> None:
     parser.add_argument("--reference", default=str(HERE / "runs" / "edm_digits"), help="unconditional run")
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--guidance", type=float, nargs="+", default=list(GUIDANCE))
-    parser.add_argument("--references-only", action="store_true",
-                        help="keep the guidance rows of results.json, redo the unconditional references")
+    parser.add_argument("--jobs", type=int, default=2, help="dae-gen-eval processes at once")
     args = parser.parse_args()
     work = HERE / "runs" / "sweep"
     work.mkdir(parents=True, exist_ok=True)
     clf, clf_record = classifier()
     print(f"classifier: held-out accuracy {clf_record['test_accuracy']:.4f}", flush=True)
-    rows = json.loads((HERE / "results.json").read_text())["rows"] if args.references_only else []
-    for w in [] if args.references_only else args.guidance:
-        out = work / f"w{w:g}"
-        shutil.rmtree(out, ignore_errors=True)
-        command("dae-gen-sample", f"run={args.run}", "class_labels=all", f"per_class={args.per_class}",
-                f"guidance={w}", "save_npz=true", f"out={out}", "threads=1", "batch_size=250")
+    folders = {}
+    for w in args.guidance:  # samples first (seconds each), then the evaluations (minutes each)
+        folders[w] = work / f"w{w:g}"
+        draw(folders[w], f"run={args.run}", "class_labels=all", f"per_class={args.per_class}", f"guidance={w}")
+    references = {"conditional model, null class (unconditional)": (args.run, work / "null")}
+    if (Path(args.reference) / "checkpoints" / "ckpt_00003000.pt").is_file():
+        references["unconditional main job (edm_digits)"] = (args.reference, work / "uncond")
+    else:
+        print(f"{args.reference} has not reached step 3000: no unconditional reference", flush=True)
+    for run, out in references.values():
+        draw(out, f"run={run}", "n_samples=1000")
+    evaluate_all([*folders.values(), *(out for _, out in references.values())], args.jobs)
+    rows = []
+    for w, out in folders.items():
         stored = np.load(out / "samples.npz")
         images, labels = stored["images_uint8"], stored["class_labels"]
         predicted = clf.predict(images.reshape(len(images), -1) / 255.0)
         record = json.loads((out / "sample.json").read_text())
-        metrics = evaluate(out / "samples.npz", out / "eval")
+        metrics = json.loads((out / "eval" / "eval.json").read_text())
         per_class = {int(c): float((predicted[labels == c] == c).mean()) for c in range(10)}
         rows.append({"guidance": w, "fid": metrics["fid"], "kid_mean": metrics["kid_mean"],
                      "precision": metrics["precision"], "recall": metrics["recall"], "n": metrics["n"],
                      "n_reference": metrics["n_reference"], "accuracy": float((predicted == labels).mean()),
                      "accuracy_per_class": per_class, "nfe_per_image": record["nfe_per_image"],
-                     "step": record["step"]})
+                     "step": record["step"], "eval_seconds": metrics["seconds"]})
         print(f"w={w:g}: FID {metrics['fid']:.2f}, accuracy {rows[-1]['accuracy']:.3f}, NFE "
               f"{record['nfe_per_image']:g}", flush=True)
         shutil.copy(out / "samples.png", HERE / f"grid_w{w:g}.png")
-    references = []
-    for label, run, extra in (("conditional model, null class (unconditional)", args.run, []),
-                              ("unconditional main job (edm_digits)", args.reference, [])):
-        if not (Path(run) / "checkpoints" / "ckpt_00003000.pt").is_file():
-            print(f"{label}: {run} has not reached step 3000; skipped", flush=True)
-            continue
-        out = work / ("null" if "null" in label else "uncond")
-        shutil.rmtree(out, ignore_errors=True)
-        command("dae-gen-sample", f"run={run}", "n_samples=1000", "save_npz=true", f"out={out}", "threads=1",
-                "batch_size=250", *extra)
+    reference_rows = []
+    for label, (run, out) in references.items():
         stored = np.load(out / "samples.npz")
-        predicted = clf.predict(stored["images_uint8"].reshape(1000, -1) / 255.0)
-        metrics = evaluate(out / "samples.npz", out / "eval")
+        predicted = clf.predict(stored["images_uint8"].reshape(len(stored["images_uint8"]), -1) / 255.0)
+        metrics = json.loads((out / "eval" / "eval.json").read_text())
         record = json.loads((out / "sample.json").read_text())
-        references.append({"model": label, "run": str(run), "fid": metrics["fid"], "kid_mean": metrics["kid_mean"],
-                           "precision": metrics["precision"], "recall": metrics["recall"],
-                           "nfe_per_image": record["nfe_per_image"], "step": record["step"],
-                           "predicted_class_counts": np.bincount(predicted, minlength=10).tolist()})
+        reference_rows.append({"model": label, "run": str(run), "fid": metrics["fid"], "kid_mean": metrics["kid_mean"],
+                               "precision": metrics["precision"], "recall": metrics["recall"],
+                               "nfe_per_image": record["nfe_per_image"], "step": record["step"],
+                               "predicted_class_counts": np.bincount(predicted, minlength=10).tolist()})
         print(f"{label}: FID {metrics['fid']:.2f}", flush=True)
     result = {"classifier": clf_record, "guidance_rule": "s = (1 + w)·s(x | c) − w·s(x) (dae_gen.guidance.Guided)",
               "sampler": "the run's own: EDM Heun, 18 steps (35 calls per image; 70 with CFG, w > 0)",
               "fid": "dae-gen-eval: TF-Inception pool3 FID of 1000 samples against the whole held-out test split",
-              "rows": rows, "references": references}
+              "rows": rows, "references": reference_rows}
     (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, references, HERE / "fid_vs_accuracy.png")
+    plot(rows, reference_rows, HERE / "fid_vs_accuracy.png")
 
 
 def plot(rows: list[dict], references: list[dict], path: Path) -> None:
