@@ -34,7 +34,8 @@ def class_list(spec: Any, *, n_classes: int, where: str = "class_labels") -> lis
                           f"labels; drop {where}, or train with model.n_classes=<number of classes>")
     if isinstance(spec, str):
         if spec != "all":
-            raise ConfigError(f"{where}: expected a list of classes such as [0,1,2], an integer, or 'all'; got {spec!r}")
+            raise ConfigError(f"{where}: expected a list of classes such as [0,1,2], an integer, or 'all'; "
+                              f"got {spec!r}")
         return list(range(n_classes))
     values = [spec] if isinstance(spec, int) else list(spec)
     if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):

@@ -32,7 +32,6 @@ from omegaconf import DictConfig, OmegaConf
 from dae_gen.benchmark import sampler_workload
 from dae_gen.checkpoint import load_checkpoint
 from dae_gen.cli.checks import check_output_folder
-from dae_gen.cli.conditioning import cli_conditioning
 from dae_gen.cli.common import (
     CONFIG_PATH,
     building,
@@ -45,6 +44,8 @@ from dae_gen.cli.common import (
     run_cli,
     set_threads,
 )
+from dae_gen.cli.conditioning import cli_conditioning
+from dae_gen.conditioning import uniform_labels
 from dae_gen.data.base import DataInfo
 from dae_gen.distributed import resolve_device
 from dae_gen.errors import ConfigError, DataError, SamplingDiverged
@@ -52,7 +53,6 @@ from dae_gen.metrics.evaluate import dataset_reference, evaluate_samples
 from dae_gen.metrics.inception import InceptionFeatures, quantize, resolve_weights_path
 from dae_gen.metrics.toy import compare_with_exact
 from dae_gen.precision import driver_amp, resolve_amp
-from dae_gen.conditioning import uniform_labels
 from dae_gen.run import load_run
 from dae_gen.run_folder import RunDir
 from dae_gen.samplers.batches import count_nonfinite, draw_samples
@@ -145,8 +145,8 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
                                progress=True, require_finite=True, cond=cond)
         nfe = counted.nfe_per_image(cfg.n_samples)
         amp = resolve_amp(driver_amp(sampler), device, warn=False)
-        conditioning_record = conditioning.record(labels_of(0), label_draw="uniform over class_labels, seeded by seed + "
-                                                  "j·n_batches for sample set j")
+        conditioning_record = conditioning.record(
+            labels_of(0), label_draw="uniform over class_labels, seeded by seed + j·n_batches for sample set j")
         extra_sets = []
         for j in range(1, int(cfg.fid_seeds) if info.kind == "image" else 1):
             model_j, cond_j = conditioning.model(run, labels_of(j))

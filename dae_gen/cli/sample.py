@@ -8,7 +8,8 @@ Examples::
     dae-gen-sample run=outputs/my_run sampler=temperature_langevin sampler.n_steps_hot=50   # another sampler
     dae-gen-sample run=outputs/my_run task=inpaint inpaint.mask=centre   # image tasks: see dae_gen.cli.tasks
     dae-gen-sample run=outputs/cond_run class_labels=all per_class=8 guidance=2   # one row per class, CFG w = 2
-    dae-gen-sample run=outputs/cond_run class_labels=[3] guidance=1 guide_run=outputs/cond_run/checkpoints/ckpt_00001000.pt
+    dae-gen-sample run=outputs/cond_run class_labels=[3] guidance=1 \\
+        guide_run=outputs/cond_run/checkpoints/ckpt_00001000.pt          # autoguidance by an earlier checkpoint
 
 Nothing is written until every sample is drawn and finite; the folder (``out``, default
 ``<run>/samples_cli/<date_time>``) then gets ``samples.png``, ``sample.json`` and, with ``save_npz=true``,
@@ -29,7 +30,6 @@ from omegaconf import DictConfig
 
 from dae_gen.benchmark import sampler_workload
 from dae_gen.cli.checks import check_output_folder
-from dae_gen.cli.conditioning import cli_conditioning
 from dae_gen.cli.common import (
     CONFIG_PATH,
     check_positive,
@@ -43,6 +43,7 @@ from dae_gen.cli.common import (
     sampler_label,
     set_threads,
 )
+from dae_gen.cli.conditioning import cli_conditioning
 from dae_gen.metrics.inception import quantize
 from dae_gen.precision import resolve_amp
 from dae_gen.run import Run, load_run

@@ -183,7 +183,8 @@ def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path, *, conditioning=
 
         save_image_rows(torch.cat([images.unsqueeze(1), pairs], dim=1), picture, to_unit=run.to_unit,
                         scale=_scale(run))
-        _save_npz(run, out_dir / "denoise.npz", images=images, sigmas=result.sigmas, noisy=noisy, samples=denoised, **extra)
+        _save_npz(run, out_dir / "denoise.npz", images=images, sigmas=result.sigmas, noisy=noisy, samples=denoised,
+                  **extra)
     else:
         raise ConfigError("task=sample draws samples; dae_gen.cli.sample handles it")
     return picture
