@@ -77,6 +77,14 @@ def evaluate_all(folders: list[Path], jobs: int) -> None:
         running = [p for p in running if p.poll() is None]
 
 
+def fid_of(folder: Path) -> dict:
+    """The folder's ``eval/eval.json``, or nulls where it was not evaluated."""
+    path = folder / "eval" / "eval.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {key: None for key in ("fid", "kid_mean", "precision", "recall", "n", "n_reference", "seconds")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default=str(HERE / "runs" / "edm_digits_cond"))
@@ -84,6 +92,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--guidance", type=float, nargs="+", default=list(GUIDANCE))
     parser.add_argument("--jobs", type=int, default=2, help="dae-gen-eval processes at once")
+    parser.add_argument("--assemble", action="store_true",
+                        help="draw and evaluate nothing: tabulate the folders as they are (FID null where missing)")
     args = parser.parse_args()
     work = HERE / "runs" / "sweep"
     work.mkdir(parents=True, exist_ok=True)
@@ -92,42 +102,43 @@ def main() -> None:
     folders = {}
     for w in args.guidance:  # samples first (seconds each), then the evaluations (minutes each)
         folders[w] = work / f"w{w:g}"
-        draw(folders[w], f"run={args.run}", "class_labels=all", f"per_class={args.per_class}", f"guidance={w}")
+        if not args.assemble:
+            draw(folders[w], f"run={args.run}", "class_labels=all", f"per_class={args.per_class}", f"guidance={w}")
     references = {"conditional model, null class (unconditional)": (args.run, work / "null")}
     if (Path(args.reference) / "checkpoints" / "ckpt_00003000.pt").is_file():
         references["unconditional main job (edm_digits)"] = (args.reference, work / "uncond")
     else:
         print(f"{args.reference} has not reached step 3000: no unconditional reference", flush=True)
-    for run, out in references.values():
-        draw(out, f"run={run}", "n_samples=1000")
-    evaluate_all([*folders.values(), *(out for _, out in references.values())], args.jobs)
+    if not args.assemble:
+        for run, out in references.values():
+            draw(out, f"run={run}", "n_samples=1000")
+        evaluate_all([*folders.values(), *(out for _, out in references.values())], args.jobs)
     rows = []
     for w, out in folders.items():
         stored = np.load(out / "samples.npz")
         images, labels = stored["images_uint8"], stored["class_labels"]
         predicted = clf.predict(images.reshape(len(images), -1) / 255.0)
         record = json.loads((out / "sample.json").read_text())
-        metrics = json.loads((out / "eval" / "eval.json").read_text())
+        metrics = fid_of(out)
         per_class = {int(c): float((predicted[labels == c] == c).mean()) for c in range(10)}
         rows.append({"guidance": w, "fid": metrics["fid"], "kid_mean": metrics["kid_mean"],
                      "precision": metrics["precision"], "recall": metrics["recall"], "n": metrics["n"],
                      "n_reference": metrics["n_reference"], "accuracy": float((predicted == labels).mean()),
                      "accuracy_per_class": per_class, "nfe_per_image": record["nfe_per_image"],
                      "step": record["step"], "eval_seconds": metrics["seconds"]})
-        print(f"w={w:g}: FID {metrics['fid']:.2f}, accuracy {rows[-1]['accuracy']:.3f}, NFE "
+        print(f"w={w:g}: FID {metrics['fid']}, accuracy {rows[-1]['accuracy']:.3f}, NFE "
               f"{record['nfe_per_image']:g}", flush=True)
-        shutil.copy(out / "samples.png", HERE / f"grid_w{w:g}.png")
     reference_rows = []
     for label, (run, out) in references.items():
         stored = np.load(out / "samples.npz")
         predicted = clf.predict(stored["images_uint8"].reshape(len(stored["images_uint8"]), -1) / 255.0)
-        metrics = json.loads((out / "eval" / "eval.json").read_text())
+        metrics = fid_of(out)
         record = json.loads((out / "sample.json").read_text())
         reference_rows.append({"model": label, "run": str(run), "fid": metrics["fid"], "kid_mean": metrics["kid_mean"],
                                "precision": metrics["precision"], "recall": metrics["recall"],
                                "nfe_per_image": record["nfe_per_image"], "step": record["step"],
                                "predicted_class_counts": np.bincount(predicted, minlength=10).tolist()})
-        print(f"{label}: FID {metrics['fid']:.2f}", flush=True)
+        print(f"{label}: FID {metrics['fid']}", flush=True)
     result = {"classifier": clf_record, "guidance_rule": "s = (1 + w)·s(x | c) − w·s(x) (dae_gen.guidance.Guided)",
               "sampler": "the run's own: EDM Heun, 18 steps (35 calls per image; 70 with CFG, w > 0)",
               "fid": "dae-gen-eval: TF-Inception pool3 FID of 1000 samples against the whole held-out test split",
@@ -142,7 +153,13 @@ def plot(rows: list[dict], references: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(9, 4), dpi=120)
+    right.plot([r["guidance"] for r in rows], [r["accuracy"] for r in rows], "o-", color="C0")
+    right.set_xlabel("guidance w  (s = (1+w)·s(x|c) − w·s(x))")
+    right.set_ylabel("accuracy of samples (classifier on real digits)")
+    right.set_title("class fidelity vs w")
+    rows = [r for r in rows if r["fid"] is not None]
+    references = [r for r in references if r["fid"] is not None]
     fids, accs = [r["fid"] for r in rows], [r["accuracy"] for r in rows]
     ax.plot(accs, fids, "o-", color="C0", label="class-conditional, CFG")
     for r in rows:
@@ -151,7 +168,7 @@ def plot(rows: list[dict], references: list[dict], path: Path) -> None:
         ax.axhline(ref["fid"], ls="--", color=f"C{i + 1}", label=f"{ref['model']}: FID {ref['fid']:.1f}")
     ax.set_xlabel("accuracy of samples (classifier on real digits)")
     ax.set_ylabel("FID@1000 vs held-out split")
-    ax.set_title("digits 8x8, EDM, 3000 steps: guidance trade-off")
+    ax.set_title("digits 8x8, EDM, 3000 steps: FID vs accuracy")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
