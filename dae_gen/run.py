@@ -6,6 +6,7 @@ save grids. No Hydra app is needed; this is what ``dae-gen-sample`` and ``dae-ge
     run = load_run("outputs/my_run", ema_length=0.1)       # a post-hoc EMA of that length (dae_gen.posthoc_ema)
     x = run.sample(64, seed=0)                              # the run's own sampler
     y = run.sample(64, sampler="temperature_langevin", n_steps_hot=50)   # any sampler config, with overrides
+    z = run.sample(30, labels=[0] * 10 + [1] * 10 + [2] * 10, guidance=2.0)  # class-conditional run: CFG, w = 2
     run.save_grid(x, "grid.png")
 
 Samplers are named by their config file in ``configs/sampler/`` (installed as ``dae_gen.configs``).
@@ -23,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from dae_gen.conditioning import as_labels, check_guidance, conditioned, n_classes_of
 from dae_gen.data.base import DataInfo
 from dae_gen.errors import CheckpointError, ConfigError
 from dae_gen.objectives.base import Objective
@@ -30,7 +32,7 @@ from dae_gen.run_folder import RunDir, run_directory
 from dae_gen.samplers import registry
 from dae_gen.samplers.batches import draw_samples
 from dae_gen.samplers.registry import Sampler
-from dae_gen.score import Callback
+from dae_gen.score import Callback, Cond
 
 
 # -- the one place run configs are read (OmegaConf, Hydra's instantiate) -------------------------------------
@@ -120,18 +122,39 @@ class Run:
         ``overrides`` replace single settings."""
         return build_sampler(self.config.sampler if sampler is None else sampler, **overrides)
 
+    @property
+    def n_classes(self) -> int:
+        """The number of classes the model is conditional on (0: unconditional)."""
+        return n_classes_of(self.model)
+
+    def guided(self, *, labels: Any = None, n: int | None = None, guidance: float = 0.0,
+               guide: Run | Any | None = None) -> tuple[Any, Cond | None]:
+        """The score model and ``cond`` for ``n`` samples with ``labels`` and guidance (``dae_gen.conditioning``):
+        ``labels`` an int or ``n`` integers (None: unconditional), ``guide`` another run or score model."""
+        guide_model = guide.model if isinstance(guide, Run) else guide
+        check_guidance(self.model, guidance=guidance, guide=guide_model)
+        if labels is not None:
+            labels = as_labels(labels, int(n), n_classes=self.n_classes).to(self.device)
+        return conditioned(self.model, labels=labels, guidance=guidance, guide=guide_model)
+
     def sample(self, n: int, *, sampler: str | Mapping[str, Any] | None = None, seed: int = 0,
-               batch_size: int = 256, progress: bool = False, callback: Callback = None,
-               **overrides: Any) -> Tensor:
+               batch_size: int = 256, progress: bool = False, callback: Callback = None, labels: Any = None,
+               guidance: float = 0.0, guide: Run | Any | None = None, **overrides: Any) -> Tensor:
         """``n`` samples ``(n, *data_shape)`` on the CPU in the model's range; batch k is seeded with ``seed + k``.
 
         sampler:    ``None`` (the run's own), a sampler config name (``"temperature_langevin"``), or settings.
+        labels:     class-conditional runs: an int (all ``n`` of that class) or ``n`` integer classes; None:
+                    unconditional (the null class).
+        guidance:   w ≥ 0, ``s = (1 + w)·s(x | c) − w·s_guide`` (``dae_gen.guidance.Guided``); 0: no guidance.
+        guide:      None: classifier-free guidance by the null class; another :class:`Run` (or score model) of the
+                    same data and classes, e.g. an earlier checkpoint: autoguidance.
         overrides:  single sampler settings, e.g. ``n_steps_each=5``, or ``amp="bf16"`` (the network calls in bf16
                     where the device computes in bf16; ``dae_gen.precision``).
         """
         driver, _ = self.sampler(sampler, **overrides)
-        return draw_samples(self.model, driver, n, batch_size=batch_size, seed=seed, progress=progress,
-                            callback=callback)
+        model, cond = self.guided(labels=labels, n=n, guidance=guidance, guide=guide)
+        return draw_samples(model, driver, n, batch_size=batch_size, seed=seed, progress=progress,
+                            callback=callback, cond=cond)
 
     def to_unit(self, x: Tensor) -> Tensor:
         """Images: model range → [0, 1]."""

@@ -13,6 +13,7 @@ Examples::
     dae-gen-eval samples=outputs/my_run/samples_cli/x/samples.npz      # saved samples (their record names the run)
     dae-gen-eval run=outputs/my_run metric=bpd likelihood.n_probes=4     # bits/dim with its standard error
     dae-gen-eval run=outputs/my_run ema_length=0.1                     # post-hoc EMA weights of that length
+    dae-gen-eval run=outputs/cond_run class_labels=all guidance=2        # class-conditional samples, CFG w = 2
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from dae_gen.cli.common import (
     run_cli,
     set_threads,
 )
+from dae_gen.cli.conditioning import cli_conditioning
+from dae_gen.conditioning import uniform_labels
 from dae_gen.data.base import DataInfo
 from dae_gen.distributed import resolve_device
 from dae_gen.errors import ConfigError, DataError, SamplingDiverged
@@ -60,7 +63,7 @@ log = logging.getLogger("dae_gen.cli")
 #: Types of the top-level keys of configs/eval.yaml.
 EVAL_KEYS = {"out": str | None, "n_samples": int, "batch_size": int, "seed": int, "use_ema": bool, "split": str,
              "n_reference": int | None, "kid_subset_size": int, "device": str, "metric": str, "fid_seeds": int,
-             "pr_k": int, "ema_length": float | None, "max_profile_error": float}
+             "pr_k": int, "ema_length": float | None, "max_profile_error": float, "guide_run": str | None}
 
 
 def load_samples_file(path: str | Path) -> dict[str, Any]:
@@ -128,19 +131,33 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     if info is None or cfg.dataset is not None:  # learn the kind of data the samples are
         with building("dataset"):
             info = instantiate(dataset_cfg).info
+    conditioning_record = None
     if run is not None:
+        conditioning = cli_conditioning(cfg, run)
         sampler, sampler_settings = cli_sampler(run, cfg.get("sampler"))
+        n_batches = -(-int(cfg.n_samples) // int(cfg.batch_size))  # set j seeds its batches from seed + j·n_batches
+
+        def labels_of(j: int) -> torch.Tensor | None:  # set j's labels: uniform over the classes, seeded as its batches
+            if conditioning.classes is None:
+                return None
+            return uniform_labels(cfg.n_samples, conditioning.classes, seed=cfg.seed + j * n_batches)
+
+        model, cond = conditioning.model(run, labels_of(0))
         set_threads(cfg.get("threads"), device=device, workload=sampler_workload(
-            sampler, run.model, batch=min(int(cfg.batch_size), int(cfg.n_samples))))
-        counted = CountingModel(run.model)
+            sampler, model, batch=min(int(cfg.batch_size), int(cfg.n_samples))))
+        counted = CountingModel(model)
         samples = draw_samples(counted, sampler, cfg.n_samples, batch_size=cfg.batch_size, seed=cfg.seed,
-                               progress=True, require_finite=True)
+                               progress=True, require_finite=True, cond=cond)
         nfe = counted.nfe_per_image(cfg.n_samples)
         amp = resolve_amp(driver_amp(sampler), device, warn=False)
-        n_batches = -(-int(cfg.n_samples) // int(cfg.batch_size))  # set j seeds its batches from seed + j·n_batches
-        extra_sets = [draw_samples(run.model, sampler, cfg.n_samples, batch_size=cfg.batch_size,
-                                   seed=cfg.seed + j * n_batches, progress=True, require_finite=True)
-                      for j in range(1, int(cfg.fid_seeds)) if info.kind == "image"]
+        conditioning_record = conditioning.record(
+            labels_of(0), label_draw="uniform over class_labels, seeded by seed + j·n_batches for sample set j")
+        extra_sets = []
+        for j in range(1, int(cfg.fid_seeds) if info.kind == "image" else 1):
+            model_j, cond_j = conditioning.model(run, labels_of(j))
+            extra_sets.append(draw_samples(model_j, sampler, cfg.n_samples, batch_size=cfg.batch_size,
+                                           seed=cfg.seed + j * n_batches, progress=True, require_finite=True,
+                                           cond=cond_j))
     else:
         set_threads(cfg.get("threads"), device=device)  # nothing to probe: threads=K, else 1 thread
         samples = torch.from_numpy(stored["samples"]) if "samples" in stored else None
@@ -166,7 +183,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
               "sampler": sampler_settings, "amp": amp, "nfe_per_image": nfe, "seed": cfg.seed,
               "use_ema": cfg.use_ema if run is not None else None,
               "ema_length": None if run is None or run.posthoc_ema is None else run.posthoc_ema["ema_length"],
-              "posthoc_ema": None if run is None else run.posthoc_ema,
+              "posthoc_ema": None if run is None else run.posthoc_ema, "conditioning": conditioning_record,
               "seconds": time.perf_counter() - started}
     if out_dir is None:
         beside = RunDir.of(str(source)) if source is not None else RunDir(Path(str(cfg.samples)).parent)

@@ -5,6 +5,11 @@ and an ``.npz`` into the sample folder. The sampler is the command line's (the r
     dae-gen-sample run=outputs/my_run task=interpolate interpolate.n_rows=4 ++sampler.n_steps_each=20
     dae-gen-sample run=outputs/my_run task=trajectory trajectory.n_frames=12
     dae-gen-sample run=outputs/my_run task=denoise denoise.sigmas=[0.1,0.5,1.0]
+    dae-gen-sample run=outputs/cond_run task=inpaint class_labels=[3] guidance=1   # class-conditional fills
+
+With ``class_labels`` (a class-conditional run) the classes go round the task's groups: image i of inpainting or
+denoising, row r of interpolation, chain k of a trajectory gets ``classes[i % len(classes)]``, and every chain of
+that group is conditioned on it (interpolation within a class); ``guidance``/``guide_run`` guide every score call.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from dae_gen.cli.checks import check_choice, check_number
 from dae_gen.errors import ConfigError
@@ -95,11 +101,26 @@ def _save_npz(run: Run, path: Path, **arrays) -> None:
     np.savez_compressed(path, step=np.int64(run.step), **payload)
 
 
-def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path) -> Path:
+def group_labels(classes: list[int] | None, n_groups: int, group_size: int) -> Tensor | None:
+    """Labels ``(n_groups·group_size,)``, group-major: group g's chains all get ``classes[g % len(classes)]``."""
+    if classes is None:
+        return None
+    chosen = torch.as_tensor(classes, dtype=torch.long)[torch.arange(int(n_groups)) % len(classes)]
+    return chosen.repeat_interleave(int(group_size))
+
+
+def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path, *, conditioning=None) -> Path:
     """Run ``cfg.task`` with the sampler driver ``sampler``; write ``<task>.png`` and ``<task>.npz`` (a trajectory
-    also ``trajectory.gif``) into ``out_dir``; return the picture's path."""
+    also ``trajectory.gif``) into ``out_dir``; return the picture's path. ``conditioning``: the command line's
+    classes and guidance (``dae_gen.cli.conditioning.Conditioning``), None: unconditional."""
     check_task(cfg)
     task = cfg.task
+    classes = None if conditioning is None else conditioning.classes
+    groups = {"inpaint": lambda o: (o.n_images, o.n_per_image), "interpolate": lambda o: (o.n_rows, o.n_interpolations),
+              "trajectory": lambda o: (o.n_chains, 1), "denoise": lambda o: (o.n_images, 1)}
+    labels = group_labels(classes, *groups[task](cfg[task])) if task in groups else None
+    model, cond = (run.model, None) if conditioning is None else conditioning.model(run, labels)
+    extra = {} if labels is None else {"class_labels": labels}
     generator = torch.Generator(device=run.device).manual_seed(int(cfg.seed))
     picture = out_dir / f"{task}.png"
     if task == "inpaint":
@@ -108,18 +129,18 @@ def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path) -> Path:
         images = run.data_examples(options.n_images, seed=cfg.seed)
         mask = inpainting_mask(options.mask, run.data.shape, missing_fraction=options.missing_fraction,
                                generator=torch.Generator().manual_seed(int(cfg.seed)))
-        samples = inpaint(run.model, images, mask, n_per_image=options.n_per_image, sampler=sampler,
+        samples = inpaint(model, images, mask, n_per_image=options.n_per_image, sampler=sampler,
                           known_noise=options.known_noise, resample=options.get("resample"),
-                          generator=generator).cpu()
+                          generator=generator, cond=cond).cpu()
         out_dir.mkdir(parents=True, exist_ok=True)
         from dae_gen.viz import save_inpainting_rows
 
         save_inpainting_rows(images, mask, samples, picture, to_unit=run.to_unit, scale=_scale(run))
-        _save_npz(run, out_dir / "inpaint.npz", images=images, mask=mask, samples=samples)
+        _save_npz(run, out_dir / "inpaint.npz", images=images, mask=mask, samples=samples, **extra)
     elif task == "interpolate":
         options = cfg.interpolate
-        rows = interpolate(run.model, options.n_rows, n_interpolations=options.n_interpolations, sampler=sampler,
-                           endpoints=options.endpoints, generator=generator).cpu()
+        rows = interpolate(model, options.n_rows, n_interpolations=options.n_interpolations, sampler=sampler,
+                           endpoints=options.endpoints, generator=generator, cond=cond).cpu()
         out_dir.mkdir(parents=True, exist_ok=True)
         if run.data.kind == "image":
             from dae_gen.viz import save_image_rows
@@ -127,13 +148,13 @@ def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path) -> Path:
             save_image_rows(rows, picture, to_unit=run.to_unit, scale=_scale(run))
         else:
             run.save_grid(rows.flatten(0, 1), picture, title="interpolation rows")
-        _save_npz(run, out_dir / "interpolate.npz", samples=rows)
+        _save_npz(run, out_dir / "interpolate.npz", samples=rows, **extra)
     elif task == "trajectory":
         options = cfg.trajectory
         steps = _steps("trajectory.steps", options.steps)
         try:
-            trajectory = record_trajectory(run.model, options.n_chains, sampler=sampler, steps=steps,
-                                           n_frames=options.n_frames, generator=generator)
+            trajectory = record_trajectory(model, options.n_chains, sampler=sampler, steps=steps,
+                                           n_frames=options.n_frames, generator=generator, cond=cond)
         except ValueError as err:
             if steps is None or "cannot record step" not in str(err):
                 raise
@@ -149,13 +170,14 @@ def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path) -> Path:
         else:
             run.save_grid(trajectory.samples.cpu(), picture, title="trajectory: final states")
         _save_npz(run, out_dir / "trajectory.npz", steps=np.asarray(trajectory.steps, dtype=np.int64),
-                  frames=trajectory.frames, samples=trajectory.samples)
+                  frames=trajectory.frames, samples=trajectory.samples, **extra)
     elif task == "denoise":
         _need_images(run, task)
         options = cfg.denoise
         images = run.data_examples(options.n_images, seed=cfg.seed)
         sigmas = _steps("denoise.sigmas", options.sigmas)
-        result = denoise_at_levels(run.model, images, sigmas=sigmas, n_sigmas=options.n_sigmas, generator=generator)
+        result = denoise_at_levels(model, images, sigmas=sigmas, n_sigmas=options.n_sigmas, generator=generator,
+                                   cond=cond)
         out_dir.mkdir(parents=True, exist_ok=True)
         noisy, denoised = result.noisy.cpu(), result.denoised.cpu()
         # one row per image: clean | noisy and denoised at σ_1 | … | at σ_S
@@ -164,7 +186,8 @@ def run_task(run: Run, cfg: DictConfig, sampler, out_dir: Path) -> Path:
 
         save_image_rows(torch.cat([images.unsqueeze(1), pairs], dim=1), picture, to_unit=run.to_unit,
                         scale=_scale(run))
-        _save_npz(run, out_dir / "denoise.npz", images=images, sigmas=result.sigmas, noisy=noisy, samples=denoised)
+        _save_npz(run, out_dir / "denoise.npz", images=images, sigmas=result.sigmas, noisy=noisy, samples=denoised,
+                  **extra)
     else:
         raise ConfigError("task=sample draws samples; dae_gen.cli.sample handles it")
     return picture

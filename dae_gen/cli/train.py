@@ -105,6 +105,7 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, plan: 
     if "data_info" in config and config["data_info"]["shape"] != info["shape"]:
         raise DataError(f"the dataset now gives {info['name']} examples of shape {info['shape']}, but this run was "
                         f"trained on {config['data_info']['name']} of shape {config['data_info']['shape']}")
+    check_class_labels(config, data)
     config = {**config, "data_shape": list(data.shape), "data_info": info}  # so sampling never rebuilds the dataset
     model = build_model(config, data)
     sampler, settings = build_grid_sampler(config, model)
@@ -131,6 +132,27 @@ def build(config: dict[str, Any], *, run_dir: Path, device: torch.device, plan: 
     except CheckpointError as err:
         raise CheckpointError(f"{checkpoint}: {err}") from err
     return trainer, hooks, config
+
+
+def check_class_labels(config: Mapping[str, Any], data) -> None:
+    """A class-conditional model (``model.n_classes`` > 0) needs a dataset with integer labels, all below
+    ``n_classes``; a one-line ConfigError naming ``model.n_classes`` otherwise."""
+    n_classes = int(config["model"].get("n_classes", 0) or 0)
+    if n_classes < 1:
+        return
+    labels = getattr(data, "labels", None)
+    if labels is None:
+        raise ConfigError(f"model.n_classes={n_classes}: a class-conditional model trains on labelled data, but "
+                          f"{data.info.name} has no labels; use a labelled dataset (digits, fmnist, cifar10) or "
+                          f"model.n_classes=0")
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.ndim != 1:
+        raise ConfigError(f"model.n_classes={n_classes}: expected one integer class per example, but the labels of "
+                          f"{data.info.name} are {labels.dtype} of shape {tuple(labels.shape)}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise ConfigError(f"model.n_classes={n_classes}: the labels of {data.info.name} lie in "
+                          f"{int(labels.min())}..{int(labels.max())}, outside 0..{n_classes - 1}; set "
+                          f"model.n_classes={int(labels.max()) + 1}")
 
 
 def build_model(config: Mapping[str, Any], data) -> Any:
