@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import error_lines, run_command, snapshot
+from conftest import error_lines, hooked_trainer, run_command, snapshot
 from dae_gen import load_run
 from dae_gen.checkpoint import load_checkpoint
 from dae_gen.data.toy import two_moons
@@ -24,7 +24,6 @@ from dae_gen.objectives.dsm import DenoisingScoreMatching
 from dae_gen.posthoc_ema import SIGMA_REL_MAX, PostHocEMAHook, load_snapshots, posthoc_weights, profile_error
 from dae_gen.run_folder import RunDir
 from dae_gen.train_hooks import Hook
-from dae_gen.trainer import Trainer
 
 # the mixture preset, 12 steps of batch 8, a checkpoint every 4 steps, post-hoc EMA snapshots every 3 steps
 TRAIN = ["dae-gen-train", "experiment=ncsn_toy", "debug=default", "trainer.steps=12", "trainer.ckpt_every=4",
@@ -49,9 +48,9 @@ def _trainer(run_dir, *extra_hooks, steps=20):
     objective = DenoisingScoreMatching(net=partial(ScoreMLP, hidden=32, depth=2), data_shape=(2,),
                                        sigmas=geometric_sigmas(1.0, 0.05, 5))
     hooks = [PostHocEMAHook(sigma_rels=[0.05, 0.10], snapshot_every=3), *extra_hooks]
-    return Trainer(objective=objective, data=two_moons(), run_dir=run_dir, steps=steps, batch_size=16,
-                   optimizer=partial(torch.optim.Adam, lr=1e-3), log_every=1, ckpt_every=5, sample_every=0,
-                   progress=False, tensorboard=False, seed=7, hooks=hooks)
+    return hooked_trainer(objective=objective, data=two_moons(), run_dir=run_dir, steps=steps, batch_size=16,
+                          optimizer=partial(torch.optim.Adam, lr=1e-3), log_every=1, ckpt_every=5, sample_every=0,
+                          progress=False, tensorboard=False, seed=7, hooks=hooks)
 
 
 def test_a_stopped_and_resumed_run_writes_the_snapshots_of_an_uninterrupted_one(tmp_path):
