@@ -321,10 +321,11 @@ def test_the_trainer_takes_the_step_mechanics_and_the_hooks_take_the_rest():
     node = yaml.safe_load((Path(__file__).parents[1] / "configs" / "trainer" / "default.yaml").read_text())
     keys = {k for k in node if not k.startswith("_")}
     mechanics = set(inspect.signature(Trainer).parameters) - {"objective", "data", "run_dir", "seed", "device",
-                                                              "run_config"}
+                                                              "run_config", "hooks"}
     settings = set(inspect.signature(default_hooks).parameters) - {"sampler", "save_samples", "evaluator"}
     assert settings == set(HOOK_SETTINGS) and not mechanics & settings
-    assert keys == mechanics | settings
+    # posthoc_ema: the settings of the trainer's own stateful hook (PostHocEMAHook), built by the CLI
+    assert keys == mechanics | settings | {"posthoc_ema"}
 
 
 def test_hooks_see_every_step_and_the_step_mechanics_do_not_depend_on_them(tmp_path):
