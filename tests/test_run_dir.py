@@ -31,6 +31,7 @@ from dae_gen.noise import geometric_sigmas
 from dae_gen.objectives.dsm import DenoisingScoreMatching
 from dae_gen.run_dir import MetricsLog, RunCheckpoints, RunDirError, RunLock, RunLocked, StopSignals, parse_signals
 from dae_gen.run_folder import RunDir
+from dae_gen.score import Step
 
 
 def make_trainer(run_dir, *, steps, ckpt_every=5, **kwargs):
@@ -195,7 +196,7 @@ def test_a_stop_signal_abandons_a_sample_grid_in_progress(tmp_path):
         for i in range(1, 4):
             if i == 2:
                 os.kill(os.getpid(), signal.SIGTERM)
-            callback({"i": i, "n": 3})
+            callback(Step(i=i, n=3, x=torch.zeros(n, 2)))
         raise AssertionError("the grid should have been abandoned")
 
     trainer = make_trainer(tmp_path, steps=20, ckpt_every=0, sample_every=4, sampler=sampler,
@@ -457,7 +458,7 @@ def test_launch_environment_from_torchrun_slurm_and_nothing():
 def test_an_in_training_sample_grid_has_its_own_progress_bar(tmp_path, capsys):
     def sampler(model, n, *, generator=None, callback=None):
         for i in range(1, 6):
-            callback({"i": i, "n": 5})
+            callback(Step(i=i, n=5, x=torch.zeros(n, 2)))
         return torch.zeros(n, 2)
 
     saved = []
