@@ -120,8 +120,14 @@ def test_trajectory_of_the_adaptive_ode_solver(workdir):
     assert steps == frame_steps(steps[-1], 5)  # spread evenly over the evaluations the solver made
     np.testing.assert_array_equal(frames[-1], samples)  # the last step is the denoising step, whose state is the output
 
-def test_bad_tasks_fail_with_one_clear_error(workdir, tmp_path):
+def test_bad_tasks_fail_with_one_clear_error(workdir, tmp_path, monkeypatch):
     from hydra import compose, initialize_config_module
+
+    import dae_gen.threads
+
+    # an idle two-core machine, so that threads=auto probes the sampler: the refusals must come before the probe
+    monkeypatch.setattr(dae_gen.threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(dae_gen.threads, "busy_cores", lambda: 0.0)
     from hydra.utils import instantiate
 
     from dae_gen import ConfigError
@@ -136,6 +142,9 @@ def test_bad_tasks_fail_with_one_clear_error(workdir, tmp_path):
         sample(compose_sample(f"run={run}", "task=paint"), tmp_path / "a")
     with pytest.raises(ConfigError, match="sampler=generator cannot inpaint"):
         sample(compose_sample(f"run={run}", "task=inpaint", "sampler=generator"), tmp_path / "b")
+    with pytest.raises(ConfigError, match="sampler=generator needs a model with a generator network"):
+        sample(compose_sample(f"run={run}", "sampler=generator"), tmp_path / "c")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
     # 2-D data: no image pictures for inpainting, but interpolation rows work
     from dae_gen.cli.train import train
 

@@ -143,6 +143,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
             return uniform_labels(cfg.n_samples, conditioning.classes, seed=cfg.seed + j * n_batches)
 
         model, cond = conditioning.model(run, labels_of(0))
+        sampler.check_model(model)
         set_threads(cfg.get("threads"), device=device, workload=sampler_workload(
             sampler, model, batch=min(int(cfg.batch_size), int(cfg.n_samples))))
         counted = CountingModel(model)

@@ -101,6 +101,12 @@ def sample(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
         labels = class_grid_labels(conditioning.classes, int(cfg.get("per_class", 8)))
         n_samples = len(labels)
     model, cond = conditioning.model(run, labels)
+    if cfg.get("task", "sample") == "inpaint":
+        from dae_gen.samplers.inpainting import inpainting_method
+
+        inpainting_method(sampler.name)  # refuses the samplers that cannot inpaint, before any work
+    else:
+        sampler.check_model(model)
     set_threads(cfg.get("threads"), device=run.device, workload=sampler_workload(
         sampler, model, batch=min(int(cfg.batch_size), n_samples)))
     if cfg.get("task", "sample") != "sample":  # inpaint | interpolate | trajectory | denoise

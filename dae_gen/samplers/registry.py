@@ -30,7 +30,7 @@ from dae_gen.noise import geometric_sigmas
 from dae_gen.precision import check_amp, sampling_model
 from dae_gen.samplers import edm, fast, inpainting, langevin, ode, pc, temperature
 from dae_gen.samplers.schedule import sigma_range
-from dae_gen.score import Callback, Cond, protocol_device
+from dae_gen.score import Callback, Cond, GenerativeModel, protocol_device
 from dae_gen.settings import check_keywords
 
 #: Arguments every driver takes that are not settings.
@@ -191,6 +191,13 @@ class Sampler:
 
     def __repr__(self) -> str:
         return f"Sampler({self.name!r}, {self.settings})"
+
+    def check_model(self, model: Any) -> None:
+        """A ``ConfigError`` before any work where this sampler cannot draw from ``model`` (a one-pass sampler
+        needs a generator network)."""
+        if self.spec.one_pass and not isinstance(model, GenerativeModel):
+            raise ConfigError(f"sampler={self.name} needs a model with a generator network; "
+                              f"{type(model).__name__} has none: use a Langevin sampler")
 
     # -- what the image tasks use ----------------------------------------------------------------------------
     def model_for_chain(self, model: Any) -> Any:
