@@ -27,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from dae_gen.nets.labels import null_labels
+from dae_gen.score import Wrapping
 
 
-class Guided(nn.Module):
+class Guided(Wrapping, nn.Module):
     """The guided score ``(1 + w)·s_main(x, σ, c) − w·s_guide(x, σ, c')`` of a main model and a guide.
 
     model:     the main score model, ``score(x, sigma, class_labels=...)``.
@@ -65,14 +66,6 @@ class Guided(nn.Module):
     def evaluations_per_score(self) -> int:
         """Network evaluations per example of one ``score`` call: main and guide (the main alone when w = 0)."""
         return 2 if self.guidance else 1
-
-    @property
-    def sigmas(self) -> Tensor:
-        return self.model.sigmas
-
-    @property
-    def reference_sigma(self) -> float:
-        return self.model.reference_sigma
 
     def scores(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None,
                **cond: Tensor) -> tuple[Tensor, Tensor]:

@@ -176,37 +176,12 @@ def sampling_model(model: Any, amp: str) -> Any:
     return AutocastModel(model, amp="bf16") if resolve_amp(amp, device) == "bf16" else model
 
 
-class PrecisionDriver:
-    """A sampler driver ``(model, n, *, generator, callback) -> Tensor`` whose model runs at precision ``amp``.
-
-    It wraps any driver so that it runs at ``amp`` without knowing about it (a registered sampler,
-    ``dae_gen.samplers.registry.Sampler``, applies its ``amp`` setting itself).
-    ``func`` is the wrapped driver (as for a ``functools.partial``) and
-    ``inspect.signature`` shows the driver's own settings.
-    """
-
-    def __init__(self, driver: Callable[..., Tensor], *, amp: str):
-        self.func, self.amp = driver, check_amp(amp)
-        self.__wrapped__ = driver
-
-    def __call__(self, model: Any, n: int, **kwargs: Any) -> Tensor:
-        return self.func(sampling_model(model, self.amp), n, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"PrecisionDriver({self.func!r}, amp={self.amp!r})"
-
-
-def with_precision(driver: Callable[..., Tensor], amp: str) -> Callable[..., Tensor]:
-    """``driver`` run at precision ``amp``: itself for ``"none"``, else a :class:`PrecisionDriver`."""
-    return driver if check_amp(amp) == "none" else PrecisionDriver(driver, amp=amp)
-
-
 def driver_amp(driver: Callable[..., Tensor]) -> str:
-    """The precision a built driver asks for: its ``amp`` (a :class:`PrecisionDriver`, a registered sampler), else
-    ``"none"``."""
+    """The precision a built driver asks for: its ``amp`` (a registered sampler,
+    ``dae_gen.samplers.registry.Sampler``), else ``"none"``."""
     amp = getattr(driver, "amp", "none")
     return amp if isinstance(amp, str) else "none"
 
 
-__all__ = ["AMP_MODES", "AutocastModel", "PrecisionDriver", "autocast", "bf16_support", "check_amp", "describe_amp",
-           "driver_amp", "native_cpu_bf16", "resolve_amp", "sampling_model", "with_precision"]
+__all__ = ["AMP_MODES", "AutocastModel", "autocast", "bf16_support", "check_amp", "describe_amp", "driver_amp",
+           "native_cpu_bf16", "resolve_amp", "sampling_model"]

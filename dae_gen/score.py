@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -150,6 +150,21 @@ def input_gradient(scalar_fn: Callable[[Tensor], Tensor], x: Tensor, *, create_g
     return value, grad
 
 
+class Wrapping:
+    """A score model built over another, ``self.model`` (guidance, known-pixel inpainting): its noise levels
+    ``sigmas`` and ``reference_sigma`` are the wrapped model's; the subclass sets ``data_shape`` and ``score``."""
+
+    model: Any
+
+    @property
+    def sigmas(self) -> Tensor:
+        return self.model.sigmas
+
+    @property
+    def reference_sigma(self) -> float:
+        return self.model.reference_sigma
+
+
 def protocol_device(model: object) -> torch.device:
     """Where a driver creates a chain's initial state for ``model``: its ``device`` attribute, else the device of
     its first parameter (or buffer), else the CPU. Everything after the initial state follows ``x``'s device.
@@ -171,6 +186,6 @@ def protocol_device(model: object) -> torch.device:
 model_device = protocol_device
 
 
-__all__ = ["Callback", "DensityModel", "EnergyModel", "GenerativeModel", "Score", "ScoreModel",
+__all__ = ["Callback", "DensityModel", "EnergyModel", "GenerativeModel", "Score", "ScoreModel", "Wrapping",
            "differentiable_input_gradients", "expand_sigma", "input_gradient", "model_device", "protocol_device",
            "sigma_batch"]

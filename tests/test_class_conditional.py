@@ -151,6 +151,7 @@ def test_class_grid_has_one_row_per_class(tmp_path):
 
 
 @pytest.mark.parametrize(("preset", "base", "data_shape"), [("edm_digits_cond", "edm_digits", (1, 8, 8)),
+                                                             ("edm_fmnist_cpu_cond", "edm_fmnist_cpu", (1, 28, 28)),
                                                              ("edm_cifar10_cond", "edm_cifar10", (3, 32, 32))])
 def test_conditional_presets_are_their_unconditional_preset_with_ten_classes_and_label_dropout(
         compose_train, preset, base, data_shape):

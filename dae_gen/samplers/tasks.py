@@ -30,7 +30,7 @@ from dae_gen.samplers.inpainting import inpainting_method
 from dae_gen.samplers.langevin import annealed_langevin, denoise_step
 from dae_gen.samplers.registry import Sampler, build_sampler
 from dae_gen.samplers.temperature import temperature_annealed_langevin, temperature_schedule
-from dae_gen.score import Callback, Cond, Score, ScoreModel, Step, expand_sigma, protocol_device
+from dae_gen.score import Callback, Cond, Score, ScoreModel, Step, Wrapping, expand_sigma, protocol_device
 
 MASK_KINDS = ("half", "bottom", "centre", "random")
 KNOWN_NOISE = ("level", "step")
@@ -197,7 +197,7 @@ def inpaint_temperature_langevin(score: Score, x: Tensor, known: Tensor, mask: T
     return keep_known(x, known, mask)
 
 
-class _KnownPixelsModel:
+class _KnownPixelsModel(Wrapping):
     """A score model whose score is ``KnownPixelsScore`` over another model's: any sampler driver consuming only the
     score protocol (annealed Langevin, temperature Langevin, EDM-style σ schedules) then inpaints."""
 
@@ -205,14 +205,6 @@ class _KnownPixelsModel:
         self.model, self.clamped = model, clamped
         self.data_shape = tuple(model.data_shape)
         self.device = protocol_device(model)  # the chains start where the model's would
-
-    @property
-    def sigmas(self) -> Tensor:
-        return self.model.sigmas
-
-    @property
-    def reference_sigma(self) -> float:
-        return self.model.reference_sigma
 
     def score(self, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
         return self.clamped(x, sigma, **cond)

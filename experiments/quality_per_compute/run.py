@@ -124,13 +124,21 @@ def cpu_train(overrides: list[str], run_dir: Path) -> float:
     return time.process_time() - started
 
 
-def train_method(dataset: str, method: str, *, budget_minutes: float, out: Path, calibrate_steps: int) -> dict:
-    """Calibrate seconds per step, then train for the budget; writes and returns ``train.json``."""
+def train_method(dataset: str, method: str, *, budget_minutes: float, out: Path, calibrate_steps: int,
+                 steps: int | None = None) -> dict:
+    """Calibrate seconds per step, then train for the budget; writes and returns ``train.json``. ``steps``: train
+    exactly that many steps instead (a recorded budget, to train the same model again without calibrating)."""
     run_dir = out / "runs" / dataset / method
     record = run_dir / "train.json"
     if record.is_file():
         return json.loads(record.read_text())
     base = METHODS[dataset][method] + common_overrides()
+    if steps is not None:
+        seconds = cpu_train(base + [f"trainer.steps={steps}"], run_dir)
+        result = {"method": method, "overrides": base, "steps": steps, "calibrated_cpu_s_per_step": None,
+                  "cpu_minutes": seconds / 60, "budget_minutes": budget_minutes, "steps_given": True}
+        record.write_text(json.dumps(result, indent=2))
+        return result
     scratch = out / "runs" / dataset / f".{method}_calibration"
     short = cpu_train(base + [f"trainer.steps={calibrate_steps}", f"trainer.ckpt_every={calibrate_steps}"], scratch)
     long = cpu_train(base + [f"trainer.steps={3 * calibrate_steps}", f"trainer.ckpt_every={3 * calibrate_steps}"],
@@ -324,6 +332,8 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=None, help="CPU-minutes (fmnist 20, digits 4)")
     parser.add_argument("--n-samples", type=int, default=1000)
     parser.add_argument("--calibrate-steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train: exactly this many steps per method, no calibration (e.g. a recorded budget)")
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--reverse", action="store_true", help="sweep: last point first (a second process)")
     parser.add_argument("--smoke", action="store_true", help="tiny budget and sample counts, to test the script")
@@ -341,7 +351,8 @@ def main() -> None:
     (args.out / "results" / "machine.json").write_text(json.dumps(machine, indent=2))
     if args.stage in ("train", "all"):
         for method in methods:
-            result = train_method(args.dataset, method, budget_minutes=budget, out=args.out, calibrate_steps=calibrate)
+            result = train_method(args.dataset, method, budget_minutes=budget, out=args.out, calibrate_steps=calibrate,
+                                  steps=args.steps)
             print(f"{args.dataset} {method}: {result['steps']} steps, {result['cpu_minutes']:.1f} CPU-min", flush=True)
     if args.stage in ("table", "all"):
         table(args.dataset, out=args.out, n=n, methods=methods)
