@@ -148,9 +148,10 @@ def test_bench_cli_compares_two_settings_interleaved(tmp_path):
 
 def test_bench_config_errors_say_what_to_do(tmp_path):
     cmd = [os.path.join(os.path.dirname(sys.executable), "dae-gen-bench"), "experiment=ncsn_toy", "compare=threads",
-           f"hydra.run.dir={tmp_path}"]
+           f"hydra.run.dir={tmp_path / 'bench'}"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "needs at least two settings, e.g. values=[1,2]" in done.stderr
+    assert not (tmp_path / "bench").exists()  # a refused command leaves no run folder behind
     cmd[2] = "compare=no_such_key"
     done = subprocess.run([*cmd, "values=[1,2]"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "no such key in the composed config" in done.stderr
